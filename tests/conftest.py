@@ -1,0 +1,37 @@
+"""Shared fixtures: a small generated CelebA-layout tree and its shards.
+
+Triton runs in interpreter mode on machines without CUDA; the variable must be set
+before triton is first imported, hence here, at collection time.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Small enough to build in seconds, big enough that every split has several shards' worth
+# when shards hold at most SHARD_SAMPLES samples.
+TREE_IMAGES = 240
+SHARD_SAMPLES = 64
+
+
+@pytest.fixture(scope="session")
+def celeba_tree(tmp_path_factory):
+    """A CelebA-layout folder (img_align_celeba/, list_eval_partition.txt, list_attr_celeba.txt)."""
+    from pipeline.synthetic import write_synthetic_celeba
+
+    return write_synthetic_celeba(tmp_path_factory.mktemp("celeba"), n=TREE_IMAGES, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shards_dir(celeba_tree, tmp_path_factory):
+    """preshard's output for ``celeba_tree``: {train,val,test}/*.tar + .idx and manifest.json."""
+    from pipeline.preshard import preshard
+
+    out = tmp_path_factory.mktemp("shards")
+    preshard(celeba_tree, out, max_samples_per_shard=SHARD_SAMPLES, progress=False)
+    return out
