@@ -1,0 +1,239 @@
+"""config.json + ``--key value`` overrides → one validated, merged config dict.
+
+config.json holds every hyper-parameter; this module holds what each key means and which values
+are allowed (:data:`SCHEMA`), so a typo or a bad value ends the run with one ``ConfigError`` line
+before any work starts. The merged dict is what train.py saves in the run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline.errors import ConfigError
+
+#: Where the defaults live: the project root, beside train.py.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.json"
+
+_AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its value kind, an optional check (message when violated) and help text."""
+
+    kind: str  # int | float | bool | str | ints | floats | auto_bool
+    help: str
+    check: Callable[[Any], bool] | None = None
+    must: str = ""
+    nullable: bool = False
+    choices: tuple[str, ...] = ()
+
+
+def _pos(x: Any) -> bool:
+    return x > 0
+
+
+def _nonneg(x: Any) -> bool:
+    return x >= 0
+
+
+SCHEMA: dict[str, Key] = {
+    # run + data
+    "name": Key("str", "run name; outputs go to OUT_DIR/NAME unless --out is given"),
+    "out_dir": Key("str", "parent folder of run directories"),
+    "data": Key("str", "preshard output dir (manifest.json + split folders); null → synthetic default",
+                nullable=True),
+    "synthetic_dir": Key("str", "where the default run generates its synthetic CelebA-layout set"),
+    "synthetic_shards": Key("str", "where the default run preshards that set"),
+    "synthetic_images": Key("int", "images in the generated synthetic set", _pos, "> 0"),
+    "seed": Key("int", "seed for weights, sampling and shuffling", _nonneg, ">= 0"),
+    # model
+    "image_size": Key("int", "input side length in pixels", _pos, "> 0"),
+    "channels": Key("ints", "encoder widths (decoder mirrors them)", lambda v: len(v) > 0 and all(c > 0 for c in v),
+                    "a non-empty list of positive ints"),
+    "latent_dim": Key("int", "size of z", _pos, "> 0"),
+    "kernel_size": Key("int", "conv kernel size", lambda v: 2 <= v <= 7, "in 2..7"),
+    "res_blocks": Key("int", "residual blocks per stage (0 = the seed's plain network)", _nonneg, ">= 0"),
+    # loss
+    "beta": Key("float", "weight of the KL term (after warm-up)", _nonneg, ">= 0"),
+    "kl_warmup_steps": Key("int", "steps over which beta ramps linearly from 0 (0 = no annealing)", _nonneg, ">= 0"),
+    "loss_impl": Key("str", "loss kernels: auto | triton (fused) | torch (eager reference)",
+                     choices=("auto", "triton", "torch")),
+    # optimisation
+    "epochs": Key("int", "passes over the training split", _pos, "> 0"),
+    "batch_size": Key("int", "training batch per process (global batch = this × world size)", _pos, "> 0"),
+    "eval_batch_size": Key("int", "batch for validation/test", _pos, "> 0"),
+    "lr": Key("float", "peak AdamW learning rate", _pos, "> 0"),
+    "weight_decay": Key("float", "AdamW weight decay", _nonneg, ">= 0"),
+    "adam_betas": Key("floats", "AdamW betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+                      "two numbers in [0, 1)"),
+    "grad_clip": Key("float", "max gradient norm (0 = no clipping)", _nonneg, ">= 0"),
+    "lr_schedule": Key("str", "constant | cosine (both after linear warm-up)", choices=("constant", "cosine")),
+    "warmup_steps": Key("int", "linear LR warm-up steps", _nonneg, ">= 0"),
+    "min_lr_ratio": Key("float", "cosine floor as a fraction of lr", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    # precision + speed
+    "amp": Key("str", "auto | bf16 | fp16 | off (fp16 uses a GradScaler; CUDA only)",
+               choices=("auto", "bf16", "fp16", "off")),
+    "channels_last": Key("auto_bool", "NHWC memory format: auto | true | false"),
+    "compile": Key("auto_bool", "torch.compile the model (and the eager loss): auto | true | false"),
+    "sync_batchnorm": Key("bool", "SyncBatchNorm under DDP (CUDA only; per-rank BatchNorm otherwise)"),
+    # loader
+    "backend": Key("str", "loader backend: auto | dali | webdataset", choices=("auto", "dali", "webdataset")),
+    "num_threads": Key("int", "loader threads (null = loader's default)", _pos, "> 0", nullable=True),
+    "flip": Key("bool", "random horizontal flips for training"),
+    # logging + checkpoints
+    "log_interval": Key("int", "steps between metric logs (each one syncs the device)", _pos, "> 0"),
+    "checkpoint_interval": Key("int", "steps between checkpoints (0 = only at epoch ends)", _nonneg, ">= 0"),
+    "stop_at_step": Key("int", "end the run early at this global step (schedule still spans all epochs)",
+                        _pos, "> 0", nullable=True),
+    # artifacts
+    "n_reconstructions": Key("int", "test images in reconstructions.png", _pos, "> 0"),
+    "n_samples": Key("int", "images in samples.png", _pos, "> 0"),
+    "n_interpolation": Key("int", "steps in interpolation.png", lambda v: v >= 2, ">= 2"),
+    "n_failures": Key("int", "worst test reconstructions in failures.png", _pos, "> 0"),
+}
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn a JSON or command-line value into the key's kind, or raise ConfigError."""
+    spec = SCHEMA[key]
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+        if spec.nullable:
+            return None
+        raise ConfigError(f"config key {key!r} may not be null ({spec.help})")
+    bad = ConfigError(f"config key {key!r}: {value!r} is not a valid {spec.kind.replace('_', ' ')} ({spec.help})")
+    kind = spec.kind
+    try:
+        if kind in ("bool", "auto_bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if kind == "auto_bool" and text == _AUTO:
+                return _AUTO
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise bad
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise bad
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise bad
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise bad
+            return value
+        if kind in ("ints", "floats"):
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise bad
+            conv = int if kind == "ints" else float
+            return [conv(str(v).strip()) for v in items]
+    except (TypeError, ValueError):
+        raise bad from None
+    raise AssertionError(f"unknown kind {kind}")
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, SCHEMA, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Coerce and check every key; return a new dict in schema order. Raises ConfigError."""
+    for key in cfg:
+        if key not in SCHEMA:
+            raise _unknown(key)
+    missing = [k for k in SCHEMA if k not in cfg]
+    if missing:
+        raise ConfigError(f"config is missing key(s) {', '.join(missing)}")
+    out: dict[str, Any] = {}
+    for key, spec in SCHEMA.items():
+        value = _coerce(key, cfg[key])
+        if value is not None and value != _AUTO:
+            if spec.choices and value not in spec.choices:
+                raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(spec.choices)}")
+            if spec.check and not spec.check(value):
+                raise ConfigError(f"config key {key!r} must be {spec.must}, got {value!r}")
+        out[key] = value
+    from model.vae import VAEConfig
+
+    try:
+        VAEConfig.from_dict(out).validate()
+    except ValueError as err:
+        raise ConfigError(f"config: {err}") from None
+    return out
+
+
+def read_config_file(path: str | Path | None = None) -> dict[str, Any]:
+    """The raw dict from a config JSON file (default: the project's config.json)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return doc
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are ConfigErrors (one line, exit 2 through cli_entry)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def build_parser(prog: str | None = None, description: str | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The CLI: run options plus one ``--key value`` option per config key."""
+    p = parser or _Parser(prog=prog, description=description)
+    if not isinstance(p, _Parser):
+        p.error = _Parser.error.__get__(p)  # type: ignore[method-assign]
+    p.add_argument("--config", metavar="FILE", help="config JSON with every key (default: the project's config.json)")
+    run = p.add_argument_group("config keys (override config.json; lists as 32,64,128,256; null for none)")
+    for key, spec in SCHEMA.items():
+        flags = [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in key else [])
+        run.add_argument(*flags, dest=key, default=argparse.SUPPRESS, metavar="V", help=spec.help)
+    return p
+
+
+def parse_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict]:
+    """Parse argv; return (namespace, {config key: raw value} for keys given on the command line)."""
+    ns, rest = parser.parse_known_args(argv)
+    if rest:
+        first = rest[0]
+        if first.startswith("--"):
+            raise _unknown(first[2:].split("=")[0].replace("-", "_"))
+        raise ConfigError(f"unexpected argument {first!r}")
+    overrides = {k: v for k, v in vars(ns).items() if k in SCHEMA}
+    return ns, overrides
+
+
+def load_config(argv: Sequence[str] | None = None, *, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
+    """config file (``--config`` or the default) + command-line overrides, validated."""
+    parser = build_parser(parser=parser)
+    ns, overrides = parse_overrides(parser, argv)
+    return validate({**read_config_file(ns.config), **overrides})
+
+
+def model_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Model keys whose values differ between a checkpoint's config and the current one."""
+    from model.vae import MODEL_KEYS
+
+    return [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
+            for k in MODEL_KEYS if saved.get(k) != current.get(k)]
