@@ -1,0 +1,105 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically.
+
+A checkpoint holds the model, optimizer and GradScaler states, the position in training
+(global step, epoch, batches done in that epoch), the best validation ELBO so far, the merged
+config and every RNG state (Python, NumPy, torch CPU and CUDA). It is written to a temporary
+file in the same folder and moved into place with ``os.replace``, so a crash mid-write leaves the
+previous ``last.pt`` intact.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.errors import ConfigError
+
+FORMAT = "celeba-vae-ckpt/1"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop draws from."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (CUDA states only where CUDA is present)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace`` onto it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_checkpoint(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, step: int,
+                    epoch: int, batch_in_epoch: int, best_val_elbo: float | None, config: dict[str, Any],
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict. ``epoch``/``batch_in_epoch`` give where to continue: a finished epoch
+    is stored as (epoch + 1, 0)."""
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "step": step,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
+        "best_val_elbo": best_val_elbo,
+        "config": dict(config),
+        "rng": rng_state(),
+        **(extra or {}),
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by this project; ConfigError when absent or not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint to resume from: {path} does not exist")
+    try:
+        # Our own files: they hold RNG states (numpy arrays, tuples), so not weights_only.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign file
+        raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a checkpoint of this trainer (format {FORMAT})")
+    return ckpt
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``load_state_dict`` that reports a shape/key mismatch as one ConfigError line."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise ConfigError(f"checkpoint {source} was made for a different model: {detail}") from None

@@ -1,0 +1,313 @@
+"""Train the Conv-VAE on CelebA 64×64 shards, end to end.
+
+    python train.py                          # default run: synthetic faces, a few minutes on 2 CPU cores
+    python train.py --data shards/ --epochs 10 --beta 2 --out runs/b2
+    python train.py --out runs/b2 --resume   # continue exactly where last.pt left off
+    torchrun --nproc_per_node=2 train.py ... # DDP (NCCL on GPU, gloo on CPU); batch_size is per process
+
+Reads top to bottom: config → data → model → optimizer → loop → evaluation → artifacts.
+Every hyper-parameter is in config.json; any key can be overridden as ``--key value``.
+Loss per image = SSE(sigmoid(logits), x) summed over pixels + β·KL summed over latents; the batch
+loss is their mean over the batch (the negative ELBO when β = 1).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from model.artifacts import plot_interpolation, plot_pairs, plot_samples, plot_training_log
+from model.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_atomic, set_rng_state
+from model.config import build_parser, model_mismatch, parse_overrides, read_config_file, validate
+from model.data import open_loader, prepare_default_data
+from model.evaluate import evaluate
+from model.metrics_log import MetricsLog
+from model.progress import EpochProgress, epoch_table, make_console
+from model.runtime import init_distributed, resolve_runtime, shutdown_distributed
+from model.train_step import NonFiniteWatch, TrainingDiverged, beta_at, lr_at, make_loss_fn, train_step
+from model.vae import ConvVAE, VAEConfig, count_parameters
+from pipeline.errors import ConfigError, cli_entry
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
+
+    # ------------------------------------------------------------------ config
+    parser = build_parser(prog="train.py", description="Train the Conv-VAE (see config.json for every key).")
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: OUT_DIR/NAME from config)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoints/last.pt")
+    args, overrides = parse_overrides(parser, argv)
+    base = read_config_file(args.config)
+    run_dir = Path(args.out) if args.out else Path(overrides.get("out_dir", base["out_dir"])) / overrides.get("name", base["name"])
+    ckpt_dir = run_dir / "checkpoints"
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(ckpt_dir / "last.pt")
+        base = {**base, **resume["config"]}  # the run's own settings; the command line still wins
+    cfg = validate({**base, **overrides})
+    if resume is not None and (diff := model_mismatch(resume["config"], cfg)):
+        raise ConfigError(f"checkpoint {ckpt_dir / 'last.pt'} is from another model config ({'; '.join(diff)})")
+
+    rank, local_rank, world_size = init_distributed()
+    try:
+        return _run(cfg, run_dir, resume, rank, local_rank, world_size, t_start)
+    finally:
+        shutdown_distributed()
+
+
+def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: int, world_size: int,
+         t_start: float) -> int:
+    from kernels import resolve_impl
+
+    rt = resolve_runtime(cfg, rank, local_rank, world_size)
+    console = make_console(rt.is_main)
+    ckpt_dir = run_dir / "checkpoints"
+    if rt.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    impl = resolve_impl(cfg["loss_impl"], rt.device)
+    torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
+
+    # ------------------------------------------------------------------ data
+    shards = prepare_default_data(cfg, rt, console)
+    train_loader = open_loader(cfg, rt, shards, "train", train=True)
+    val_loader = open_loader(cfg, rt, shards, "val")
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size {cfg['batch_size']} × {world_size} process(es) is larger than the "
+                          f"training split ({train_loader.num_samples} samples on this rank); lower batch_size")
+    total_steps = cfg["epochs"] * steps_per_epoch
+
+    # ------------------------------------------------------------------ model
+    raw = ConvVAE(VAEConfig.from_dict(cfg), loss_impl=impl)
+    if rt.sync_batchnorm:
+        raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    raw = raw.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
+    n_params = count_parameters(raw)
+    flops_per_image = _train_flops_per_image(raw, cfg, rt)
+    model = raw
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(raw, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    if rt.compile:
+        model = torch.compile(model)
+    loss_fn = make_loss_fn(impl, compile_eager=rt.compile)
+
+    # ------------------------------------------------------------------ optimizer
+    optimizer = torch.optim.AdamW(raw.parameters(), lr=cfg["lr"], betas=tuple(cfg["adam_betas"]),
+                                  weight_decay=cfg["weight_decay"], foreach=True)
+    scaler = rt.grad_scaler()
+    step, start_epoch, skip_batches, best_val_elbo = 0, 0, 0, None
+    log = MetricsLog(run_dir / "metrics.jsonl" if rt.is_main else None)
+    if resume is not None:
+        load_model_state(raw, resume["model"], ckpt_dir / "last.pt")
+        optimizer.load_state_dict(resume["optimizer"])
+        if resume["scaler"] is not None:
+            scaler.load_state_dict(resume["scaler"])
+        step, start_epoch, skip_batches = resume["step"], resume["epoch"], resume["batch_in_epoch"]
+        best_val_elbo = resume["best_val_elbo"]
+        set_rng_state(resume["rng"])
+        log.truncate_after(step, start_epoch)
+    else:
+        log.reset()
+        torch.manual_seed(cfg["seed"] + rank)  # each rank its own eps stream
+    beta_t = torch.zeros((), device=rt.device)  # a tensor, so compiled code never recompiles as β anneals
+    watch = NonFiniteWatch(rt.device)
+    last_ckpt: tuple[Path, int] | None = (ckpt_dir / "last.pt", step) if resume is not None else None
+
+    def save(name: str, epoch: int, batch_in_epoch: int) -> None:
+        nonlocal last_ckpt
+        if rt.is_main:
+            state = make_checkpoint(model=raw, optimizer=optimizer, scaler=scaler, step=step, epoch=epoch,
+                                    batch_in_epoch=batch_in_epoch, best_val_elbo=best_val_elbo, config=cfg)
+            save_atomic(state, ckpt_dir / name)
+        if name == "last.pt":
+            last_ckpt = (ckpt_dir / name, step)
+
+    def check_finite(epoch: int) -> None:
+        bad = watch.check(rt.distributed)
+        if bad is not None:
+            kept = (f"last good checkpoint {last_ckpt[0]} (step {last_ckpt[1]}) is intact" if last_ckpt
+                    else "no checkpoint had been written yet")
+            raise TrainingDiverged(f"loss became NaN/inf at step {bad} (epoch {epoch}); training stopped, {kept}. "
+                                   "Try a lower lr, a longer kl_warmup_steps or amp off.")
+
+    if rt.is_main:
+        console.print(f"[bold]run:[/] {run_dir}  |  {rt.describe()['device_name']} × {world_size}  |  amp {rt.amp}, "
+                      f"channels_last {rt.channels_last}, compile {rt.compile}, loss {impl}, loader {train_loader.backend}")
+        console.print(f"[bold]model:[/] {n_params:,} parameters  |  {steps_per_epoch} steps/epoch × {cfg['epochs']} epochs, "
+                      f"global batch {cfg['batch_size'] * world_size}"
+                      + (f"  |  resuming at step {step} (epoch {start_epoch + 1}, batch {skip_batches})" if resume else ""))
+    peak = _device_peak_flops(rt)
+
+    # ------------------------------------------------------------------ training loop
+    train_images, train_seconds, stopped_early = 0, 0.0, False
+    images_per_step = cfg["batch_size"] * world_size
+    params = list(raw.parameters())
+    epoch = start_epoch - 1  # a resumed, already finished run goes straight to the test
+    for epoch in range(start_epoch, cfg["epochs"]):
+        train_loader.set_epoch(epoch)
+        batches = iter(train_loader)
+        first = skip_batches if epoch == start_epoch else 0
+        for _ in range(first):  # mid-epoch resume: replay the loader to the checkpoint's position
+            next(batches)
+        progress = EpochProgress(console, epoch, cfg["epochs"], steps_per_epoch, completed=first, device=rt.device)
+        t_epoch, epoch_images, t_log, images_since_log = time.perf_counter(), 0, time.perf_counter(), 0
+        with progress:
+            for i, x in enumerate(batches, start=first):
+                lr = lr_at(step, lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
+                           schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                beta = beta_at(step, beta=cfg["beta"], warmup_steps=cfg["kl_warmup_steps"])
+                beta_t.fill_(beta)
+                parts = train_step(model, optimizer, scaler, x, beta_t, loss_fn=loss_fn, autocast=rt.autocast(),
+                                   grad_clip=cfg["grad_clip"], params=params)
+                watch.observe(parts.loss, step)
+                step += 1
+                epoch_images += images_per_step
+                images_since_log += images_per_step
+                last_batch = i + 1 == steps_per_epoch
+                if step % cfg["log_interval"] == 0 or last_batch:
+                    check_finite(epoch)
+                    loss, rec, kl = torch.stack([parts.loss, parts.rec, parts.kl]).float().tolist()  # the one sync
+                    now = time.perf_counter()
+                    ips = images_since_log / (now - t_log)
+                    record = {"kind": "train", "step": step, "epoch": epoch + 1, "loss": loss, "rec": rec, "kl": kl,
+                              "mse_per_pixel": rec / x[0].numel(), "beta": beta, "lr": lr, "images_per_s": ips}
+                    if peak:
+                        record["mfu"] = ips * flops_per_image / peak
+                    log.log(record)
+                    progress.update(loss=loss, rec=rec, kl=kl, ips=ips, mfu=record.get("mfu"))
+                    t_log, images_since_log = now, 0
+                progress.advance()
+                if cfg["checkpoint_interval"] and step % cfg["checkpoint_interval"] == 0 and not last_batch:
+                    check_finite(epoch)
+                    save("last.pt", epoch, i + 1)
+                if cfg["stop_at_step"] and step >= cfg["stop_at_step"] and not last_batch:
+                    check_finite(epoch)
+                    save("last.pt", epoch, i + 1)
+                    stopped_early = True
+                    break
+        epoch_seconds = time.perf_counter() - t_epoch
+        train_images += epoch_images
+        train_seconds += epoch_seconds
+        if stopped_early:
+            break
+
+        # -------------------------------------------------------------- validation + checkpoints
+        val = evaluate(raw, val_loader, rt, impl=impl, seed=cfg["seed"]).metrics
+        log.log({"kind": "val", "step": step, "epoch": epoch + 1, **val})
+        is_best = best_val_elbo is None or val["elbo"] > best_val_elbo
+        if is_best:
+            best_val_elbo = val["elbo"]
+        save("last.pt", epoch + 1, 0)
+        if is_best:
+            save("best.pt", epoch + 1, 0)
+        train_rec = [r for r in log.records if r["kind"] == "train" and r["epoch"] == epoch + 1]
+        console.print(epoch_table(epoch + 1, cfg["epochs"], train_rec[-1] if train_rec else None, val,
+                                  epoch_images / epoch_seconds, progress.gpu_util, is_best))
+        if cfg["stop_at_step"] and step >= cfg["stop_at_step"]:
+            stopped_early = epoch + 1 < cfg["epochs"]
+            break
+
+    # ------------------------------------------------------------------ test evaluation
+    test_loader = open_loader(cfg, rt, shards, "test", with_keys=True)
+    test = evaluate(raw, test_loader, rt, impl=impl, seed=cfg["seed"] + 1, worst_k=cfg["n_failures"])
+    log.log({"kind": "test", "step": step, "epoch": min(cfg["epochs"], epoch + 1), **test.metrics})
+    test_loader.close()
+
+    # ------------------------------------------------------------------ artifacts (rank 0 only)
+    wall = time.perf_counter() - t_start
+    if rt.is_main:
+        _write_pictures(raw, cfg, rt, shards, run_dir, test.failures)
+        plot_training_log(log.records, run_dir / "training_log.png")
+        summary = {
+            "test": test.metrics, "best_val_elbo": best_val_elbo, "steps": step, "epochs_done": round(step / steps_per_epoch, 3),
+            "stopped_early": stopped_early, "parameters": n_params,
+            "images_per_s": train_images / train_seconds if train_seconds else None,
+            "train_flops_per_image": flops_per_image,
+            "wall_time_s": wall, "runtime": rt.describe(), "loss_impl": impl, "loader": train_loader.backend,
+            "world_size": world_size,
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        console.print(epoch_table(None, cfg["epochs"], None, test.metrics, summary["images_per_s"], None, False,
+                                  title=f"test ({test.metrics['count']:,} images) after {step} steps, {wall:.0f} s"))
+        console.print(f"[bold green]done:[/] {run_dir}")
+    train_loader.close()
+    val_loader.close()
+    return 0
+
+
+def _train_flops_per_image(raw: ConvVAE, cfg: dict, rt) -> int | None:
+    """Counted forward+backward FLOPs per image, on a throwaway copy (the real model's BatchNorm
+    statistics and RNG must not move: resume equivalence depends on it)."""
+    try:
+        from bench.flops import count_step_flops
+    except ImportError:
+        return None
+    from kernels import vae_loss
+
+    probe = copy.deepcopy(raw).to("cpu", memory_format=torch.contiguous_format)
+    probe.loss_impl = "torch"
+    rng = torch.get_rng_state()
+    try:
+        x = torch.rand(2, 3, cfg["image_size"], cfg["image_size"])
+
+        def step():
+            out = probe(x)
+            return vae_loss(out.logits, x, out.kl, 1.0, logits=True, impl="torch").loss
+
+        return count_step_flops(step) // 2
+    finally:
+        torch.set_rng_state(rng)
+
+
+def _device_peak_flops(rt) -> float | None:
+    """Measured matmul peak of the GPU in the AMP dtype: the MFU denominator (CUDA only)."""
+    if rt.device.type != "cuda":
+        return None
+    from bench.flops import measure_matmul_peak
+
+    return measure_matmul_peak(rt.device, rt.amp_dtype or torch.float32)
+
+
+@torch.no_grad()
+def _write_pictures(raw: ConvVAE, cfg: dict, rt, shards: Path, run_dir: Path, failures) -> None:
+    """reconstructions.png, samples.png, interpolation.png, failures.png from the final weights."""
+    raw.eval()
+    gen = torch.Generator(device=rt.device).manual_seed(cfg["seed"] + 2)
+    need = max(cfg["n_reconstructions"], 2)
+    loader = open_loader(cfg, rt, shards, "test", with_keys=True, whole_split=True)
+    images, keys = [], []
+    for x, k in loader:
+        images.append(x)
+        keys += k
+        if len(keys) >= need:
+            break
+    loader.close()
+    x = torch.cat(images)[:need]
+    with rt.autocast():
+        mu, _ = raw.encode(x)
+        recon = torch.sigmoid(raw.decode_logits(mu).float())
+        n = cfg["n_reconstructions"]
+        plot_pairs(x[:n].cpu(), recon[:n].cpu(), run_dir / "reconstructions.png",
+                   title="test images (top) and reconstructions through the posterior mean (bottom)", labels=keys[:n])
+        z = torch.randn(cfg["n_samples"], raw.cfg.latent_dim, generator=gen, device=rt.device)
+        plot_samples(torch.sigmoid(raw.decode_logits(z).float()).cpu(), run_dir / "samples.png")
+        t = torch.linspace(0, 1, cfg["n_interpolation"], device=rt.device)[:, None]
+        walk = torch.sigmoid(raw.decode_logits((1 - t) * mu[0].float() + t * mu[1].float()).float())
+        plot_interpolation(x[0].cpu(), x[1].cpu(), walk.cpu(), run_dir / "interpolation.png", keys=(keys[0], keys[1]))
+    pixels = x[0].numel()
+    plot_pairs(torch.stack([f.image for f in failures]), torch.stack([f.reconstruction for f in failures]),
+               run_dir / "failures.png", title=f"the {len(failures)} worst test reconstructions (sampled z)",
+               labels=[f"{f.key}\nMSE {f.error / pixels:.4f}" for f in failures])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
