@@ -1,0 +1,109 @@
+"""DALI's WebDataset index files (wds2idx format v1.2): writing and parsing.
+
+``fn.readers.webdataset(index_paths=...)`` needs one index per tar; without them DALI scans
+every tar at start-up. The format, as DALI's ``wds2idx.IndexCreator`` writes it:
+
+    v1.2 <number of samples>
+    <ext> <data offset> <size> <member name> [<ext> <data offset> <size> <member name> ...]
+
+one line per sample, one ``ext offset size name`` group per member, where the offset is the
+byte offset of the member's *data* (its 512-byte header offset + 512). An index must match
+its tar byte for byte (DALI reports "Underful sample detected at index file" otherwise), so
+preshard writes both in the same step and never edits a tar afterwards.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import DataError
+
+INDEX_VERSION = "v1.2"
+
+
+@dataclass(frozen=True)
+class IndexMember:
+    """One tar member of a sample: extension, data offset, data size, member name."""
+
+    ext: str
+    offset: int
+    size: int
+    name: str
+
+
+Sample = Sequence[IndexMember]
+
+
+def format_index(samples: Sequence[Sample]) -> str:
+    """The text of the index for ``samples`` (members in tar order), as wds2idx writes it."""
+    lines = [f"{INDEX_VERSION} {len(samples)}\n"]
+    for members in samples:
+        if not members:
+            raise ValueError("a sample needs at least one member")
+        for m in members:
+            if any(c.isspace() for c in m.name + m.ext) or not m.ext:
+                raise ValueError(f"member name {m.name!r} cannot be indexed (whitespace or no extension)")
+        lines.append(" ".join(f"{m.ext} {m.offset} {m.size} {m.name}" for m in members) + "\n")
+    return "".join(lines)
+
+
+def write_index(path: str | os.PathLike, samples: Sequence[Sample]) -> None:
+    """Write the index for ``samples`` to ``path`` (the caller renames it into place)."""
+    Path(path).write_text(format_index(samples), encoding="utf-8", newline="\n")
+
+
+def parse_index(path: str | os.PathLike) -> list[list[IndexMember]]:
+    """Read a v1.2 index back; a malformed file raises DataError naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"index file {path} is missing; rerun `python -m pipeline.preshard` to rebuild the shards") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read index file {path}: {err}") from None
+    return parse_index_text(text, source=str(path))
+
+
+def parse_index_text(text: str, source: str = "<index>") -> list[list[IndexMember]]:
+    """Parse index text (see :func:`parse_index`)."""
+    lines = text.splitlines()
+    hint = "; rerun `python -m pipeline.preshard` to rebuild the shards and their indexes"
+    if not lines:
+        raise DataError(f"{source}: empty index file{hint}")
+    head = lines[0].split()
+    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
+        raise DataError(f"{source}:1: expected '{INDEX_VERSION} <count>', got {lines[0]!r}{hint}")
+    count = int(head[1])
+    body = [line for line in lines[1:] if line.strip()]
+    if len(body) != count:
+        raise DataError(f"{source}: header says {count} samples but {len(body)} lines follow{hint}")
+    samples: list[list[IndexMember]] = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) % 4:
+            raise DataError(f"{source}:{lineno}: expected groups of 'ext offset size name', got {line!r}{hint}")
+        members = []
+        for i in range(0, len(fields), 4):
+            ext, off, size, name = fields[i:i + 4]
+            if not (off.isdigit() and size.isdigit()):
+                raise DataError(f"{source}:{lineno}: offset and size must be integers, got {off!r} {size!r}{hint}")
+            members.append(IndexMember(ext, int(off), int(size), name))
+        samples.append(members)
+    return samples
+
+
+def check_index_matches_tar(index: Iterable[Sample], tar_path: str | os.PathLike, source: str = "") -> None:
+    """Cheap consistency check: offsets are 512-aligned, increasing, and inside the tar."""
+    tar_size = Path(tar_path).stat().st_size
+    last_end = 0
+    for members in index:
+        for m in members:
+            if m.offset % 512 or m.offset < last_end or m.offset + m.size > tar_size:
+                raise DataError(
+                    f"{source or tar_path}: index entry {m.name} (offset {m.offset}, size {m.size}) does not match "
+                    f"the tar ({tar_size} bytes); rerun `python -m pipeline.preshard` into a fresh --out")
+            last_end = m.offset + m.size
