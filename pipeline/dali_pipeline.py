@@ -1,0 +1,101 @@
+"""The DALI graph: webdataset reader → JPEG decode (GPU or CPU) → crop → resize → flip → float.
+
+One ``@pipeline_def`` for both devices: ``decode_device="mixed"`` decodes with nvJPEG on
+the GPU (hardware decoder where present) and keeps every later op on the GPU;
+``decode_device="cpu"`` decodes with libjpeg-turbo on ``num_threads`` CPU threads and the
+pipeline is built with ``device_id=None``.
+
+Measured on 2 CPU cores (178×218 JPEGs): decoding only the 148×148 crop window
+(``decoders.image_crop``, a region-of-interest decode) is ~35% faster than a full decode
+followed by a crop; ``use_fast_idct`` did not help, and DALI has no DCT-domain downscale.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from nvidia.dali import fn, pipeline_def, types
+import nvidia.dali.math as dmath
+
+READER_NAME = "Reader"
+# Room for the "<tar path>:<offset>:<key>.jpg" source-info string of every sample; see keys().
+_KEY_OUTPUT = "keys"
+
+
+@pipeline_def(enable_conditionals=False)
+def celeba_pipeline(
+    paths: Sequence[str],
+    index_paths: Sequence[str],
+    *,
+    decode_device: str = "cpu",
+    shard_id: int = 0,
+    num_shards: int = 1,
+    shuffle: bool = False,
+    initial_fill: int = 1024,
+    crop: int | None = 148,
+    size: int = 64,
+    flip: bool = False,
+    half: bool = False,
+    channels_last: bool = False,
+    with_keys: bool = False,
+):
+    """Images (and optionally source-info bytes) for one rank's part of one split.
+
+    The reader pads its part by repeating the last sample (``pad_last_batch``) and sticks to
+    it (``stick_to_shard``), so every epoch of this pipeline covers exactly the same samples;
+    the loader reshuffles across epochs by building a new pipeline (new seed, new tar order).
+    """
+    jpegs = fn.readers.webdataset(
+        paths=list(paths),
+        index_paths=list(index_paths),
+        ext=["jpg"],
+        missing_component_behavior="error",
+        random_shuffle=shuffle,
+        initial_fill=initial_fill,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        stick_to_shard=True,
+        pad_last_batch=True,
+        name=READER_NAME,
+    )
+    if crop is None:
+        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+    else:
+        # Clamp the window to the image so other image sizes still work; the crop is
+        # decoded directly (ROI decode), never the full frame.
+        shape = fn.peek_image_shape(jpegs)
+        side = fn.cast(dmath.min(dmath.min(shape[0], shape[1]), crop), dtype=types.FLOAT)
+        images = fn.decoders.image_crop(
+            jpegs, device=decode_device, output_type=types.RGB,
+            crop_h=side, crop_w=side, crop_pos_x=0.5, crop_pos_y=0.5,
+        )
+    images = fn.resize(images, size=(size, size), antialias=True, interp_type=types.INTERP_LINEAR)
+    mirror = fn.random.coin_flip(probability=0.5) if flip else 0
+    images = fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT16 if half else types.FLOAT,
+        output_layout="HWC" if channels_last else "CHW",
+        mean=[0.0],
+        std=[255.0],
+        mirror=mirror,
+    )
+    if not with_keys:
+        return images
+    # Source info is "<tar>:<offset>:<member name>" as bytes; padding to the longest in the
+    # batch makes it one dense uint8 tensor that DALIGenericIterator can hand over.
+    keys = fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0)
+    return images, keys
+
+
+def output_names(with_keys: bool) -> list[str]:
+    """The DALIGenericIterator ``output_map`` matching :func:`celeba_pipeline`'s outputs."""
+    return ["images", _KEY_OUTPUT] if with_keys else ["images"]
+
+
+def keys_from_source_info(rows) -> list[str]:
+    """CelebA keys ("000001") from the padded uint8 source-info rows of one batch."""
+    out = []
+    for row in rows.cpu().numpy():
+        info = row[row != 0].tobytes().decode("utf-8", "replace")
+        member = info.rsplit(":", 1)[-1]
+        out.append(member.split(".", 1)[0])
+    return out

@@ -1,0 +1,212 @@
+"""The loader without DALI: webdataset tar streaming + PIL decode + torch DataLoader workers.
+
+Same contract and epoch accounting as the DALI path (see :mod:`pipeline.loader`): rank r
+reads its contiguous part of the split; the part is cut again into one contiguous sub-range
+per DataLoader worker, so samples are neither duplicated nor lost whatever the worker count.
+Each worker seeks straight to its first sample with the index file and streams the tar from
+there with webdataset's tar iterator. Workers hand over small uint8 chunks; the main
+process re-batches them into exact ``batch_size`` batches and applies the last-batch policy.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .errors import DataError
+from .loader import (SHUFFLE_BUFFER, EpochPlan, IndexedSample, ShardFile, SplitShards, epoch_seed,
+                     epoch_shard_order, finish_batch, part_samples)
+from .transforms import decode_crop_resize
+
+_TAR_HEADER = 512
+# Samples per worker → main-process hand-over: big enough to amortise IPC, small enough
+# that the re-batching main process is never starved.
+_CHUNK = 32
+
+
+class _WorkerError:
+    """An error raised in a worker, carried to the main process as data so it stays one line."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class PartStream(IterableDataset):
+    """One rank's part of one epoch, split across DataLoader workers; yields (uint8 N×H×W×3, keys)."""
+
+    def __init__(self, order: Sequence[ShardFile], plan: EpochPlan, *, shuffle: bool, seed: int, epoch: int,
+                 crop: int | None, size: int, flip: bool, draft: bool) -> None:
+        self.order, self.plan = list(order), plan
+        self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
+        self.crop, self.size, self.flip, self.draft = crop, size, flip, draft
+
+    def __iter__(self) -> Iterator:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        part = self.plan.part
+        lo = self.plan.start + part * worker // workers
+        hi = self.plan.start + part * (worker + 1) // workers
+        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, self.plan.rank, worker + 1))
+        images: list[np.ndarray] = []
+        keys: list[str] = []
+        try:
+            for key, data, shard in self._shuffled(self._stream(lo, hi), rng):
+                try:
+                    flip = bool(self.flip and rng.random() < 0.5)
+                    images.append(decode_crop_resize(data, self.crop, self.size, draft=self.draft, flip=flip))
+                except (OSError, ValueError, SyntaxError) as err:
+                    raise DataError(f"corrupt JPEG {key} in {shard.tar} ({err}): re-run preshard "
+                                    f"(it validates every image)") from None
+                keys.append(key)
+                if len(images) == _CHUNK:
+                    yield torch.from_numpy(np.stack(images)), keys
+                    images, keys = [], []
+            if images:
+                yield torch.from_numpy(np.stack(images)), keys
+        except DataError as err:
+            yield _WorkerError(str(err))
+
+    def _stream(self, lo: int, hi: int) -> Iterator[tuple[str, bytes, ShardFile]]:
+        """(key, jpeg bytes, shard) for samples [lo, hi) of the epoch's tar order."""
+        from webdataset.tariterators import tar_file_iterator
+
+        if hi <= lo:
+            return
+        wanted = part_samples(self.order, lo, hi)
+        i = 0
+        while i < len(wanted):
+            first = wanted[i]
+            n = 1
+            while i + n < len(wanted) and wanted[i + n].shard is first.shard:
+                n += 1
+            with open(first.shard.tar, "rb") as fh:
+                fh.seek(first.offset - _TAR_HEADER)
+                got = 0
+                for member in tar_file_iterator(fh):
+                    stem, _, ext = member["fname"].partition(".")
+                    if ext != "jpg":
+                        continue
+                    expected: IndexedSample = wanted[i + got]
+                    if stem != expected.key:
+                        raise DataError(f"shard {first.shard.tar} does not match its index file {first.shard.index} "
+                                        f"(found {stem!r} where the index has {expected.key!r}); re-run preshard")
+                    yield stem, member["data"], first.shard
+                    got += 1
+                    if got == n:
+                        break
+                if got < n:
+                    raise DataError(f"shard {first.shard.tar} ends after {got} of the {n} samples its index promises "
+                                    f"from {first.key} on: truncated; re-run preshard")
+            i += n
+
+    def _shuffled(self, stream: Iterator, rng: np.random.Generator) -> Iterator:
+        """Buffer shuffle (as DALI's reader does), or the stream unchanged."""
+        if not self.shuffle:
+            yield from stream
+            return
+        buf: list = []
+        for item in stream:
+            if len(buf) < SHUFFLE_BUFFER:
+                buf.append(item)
+                continue
+            j = int(rng.integers(len(buf)))
+            buf[j], item = item, buf[j]
+            yield item
+        rng.shuffle(buf)
+        yield from buf
+
+
+class WebDatasetLoader:
+    """webdataset + PIL + DataLoader workers behind the loader contract (see :mod:`pipeline.loader`)."""
+
+    backend = "webdataset"
+
+    def __init__(self, *, split: SplitShards, plan: EpochPlan, device: torch.device, shuffle: bool, with_keys: bool,
+                 flip: bool, crop: int | None, size: int, dtype: torch.dtype, channels_last: bool, prefetch: int,
+                 seed: int, num_workers: int, draft: bool) -> None:
+        self.split, self.plan, self.device = split, plan, device
+        self._shuffle, self._with_keys, self._flip = shuffle, with_keys, flip
+        self._crop, self._size, self._dtype, self._channels_last = crop, size, dtype, channels_last
+        self._prefetch, self._seed, self._workers, self._draft = prefetch, seed, num_workers, draft
+        self._epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        return self.plan.num_samples
+
+    @property
+    def batch_size(self) -> int:
+        return self.plan.batch_size
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def __len__(self) -> int:
+        return self.plan.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (its shuffle order depends only on seed and epoch)."""
+        self._epoch = int(epoch)
+
+    def close(self) -> None:
+        """Nothing to release: workers live only while an epoch is being iterated."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator:
+        order = epoch_shard_order(self.split, self._seed, self._epoch, self._shuffle)
+        stream = PartStream(order, self.plan, shuffle=self._shuffle, seed=self._seed, epoch=self._epoch,
+                            crop=self._crop, size=self._size, flip=self._flip, draft=self._draft)
+        # Never more workers than samples: an idle worker would only cost a fork.
+        workers = min(self._workers, self.plan.part)
+        chunks = DataLoader(stream, batch_size=None, num_workers=workers,
+                            prefetch_factor=self._prefetch if workers else None)
+        return self._batches(chunks)
+
+    def _batches(self, chunks: Iterator) -> Iterator:
+        bs, want = self.plan.batch_size, self.plan.num_batches
+        pending: list[torch.Tensor] = []
+        pending_keys: list[str] = []
+        have = done = 0
+        last: tuple[torch.Tensor, str] | None = None
+        for chunk in chunks:
+            if isinstance(chunk, _WorkerError):
+                raise DataError(chunk.message)
+            images, keys = chunk
+            pending.append(images)
+            pending_keys.extend(keys)
+            have += len(keys)
+            while have >= bs and done < want:
+                batch = torch.cat(pending) if len(pending) > 1 else pending[0]
+                pending, have = [batch[bs:]], have - bs
+                out_keys, pending_keys = pending_keys[:bs], pending_keys[bs:]
+                last = (batch[bs - 1], out_keys[-1])
+                done += 1
+                yield self._emit(batch[:bs], out_keys)
+        if done < want and self.plan.policy != "drop":
+            rest = torch.cat(pending) if pending else None
+            if rest is not None and len(rest):
+                last = (rest[-1], pending_keys[-1])
+            while done < want:
+                if self.plan.policy == "pad":
+                    fill = bs - (len(rest) if rest is not None else 0)
+                    pad = last[0].unsqueeze(0).expand(fill, *last[0].shape)
+                    batch = pad if rest is None or not len(rest) else torch.cat([rest, pad])
+                    keys = pending_keys + [last[1]] * fill
+                else:
+                    batch, keys = rest, pending_keys
+                rest, pending_keys = None, []
+                done += 1
+                yield self._emit(batch, keys)
+        self._epoch += 1
+
+    def _emit(self, images: torch.Tensor, keys: list[str]):
+        images = finish_batch(images.permute(0, 3, 1, 2), self.device, self._dtype, self._channels_last)
+        return (images, keys) if self._with_keys else images
