@@ -74,7 +74,7 @@ def plot_training_log(records: Iterable[dict[str, Any]], path: str | Path) -> Pa
         ax.legend()
     if train and min(r["rec"] for r in train) > 0:
         axes[1].set_yscale("log")
-    fig.suptitle("Conv-VAE training")
+    fig.tight_layout()
     return _save(fig, Path(path))
 
 

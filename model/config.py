@@ -82,7 +82,8 @@ SCHEMA: dict[str, Key] = {
     "compile": Key("auto_bool", "torch.compile the model (and the eager loss): auto | true | false"),
     "sync_batchnorm": Key("bool", "SyncBatchNorm under DDP (CUDA only; per-rank BatchNorm otherwise)"),
     # loader
-    "backend": Key("str", "loader backend: auto | dali | webdataset", choices=("auto", "dali", "webdataset")),
+    "backend": Key("str", "loader backend: auto | dali | dali-gpu | dali-cpu | webdataset",
+                   choices=("auto", "dali", "dali-gpu", "dali-cpu", "webdataset")),
     "num_threads": Key("int", "loader threads (null = loader's default)", _pos, "> 0", nullable=True),
     "flip": Key("bool", "random horizontal flips for training"),
     # logging + checkpoints

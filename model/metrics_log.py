@@ -21,11 +21,12 @@ class MetricsLog:
         if self.path and self.path.exists():
             self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def truncate_after(self, step: int, epoch_done: int) -> None:
-        """Drop train records past ``step`` and eval records of epochs not finished at the checkpoint."""
+    def truncate_after(self, step: int, epochs_done: int) -> None:
+        """Keep train records up to ``step`` and validation records of the ``epochs_done`` finished
+        epochs (records count epochs from 1); drop everything else, test records included."""
         keep = [r for r in self.records
                 if (r["kind"] == "train" and r["step"] <= step)
-                or (r["kind"] == "val" and r["epoch"] < epoch_done)]
+                or (r["kind"] == "val" and r["epoch"] <= epochs_done)]
         self.records = keep
         if self.path:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))

@@ -66,12 +66,13 @@ def epoch_table(epoch: int | None, epochs: int, train: dict[str, Any] | None, ev
                 images_per_s: float | None, gpu_util: float | None, is_best: bool, *, title: str | None = None) -> Table:
     """One table: the last train log of the epoch next to the validation (or test) metrics."""
     table = Table(title=title or f"epoch {epoch}/{epochs}" + ("  (best val ELBO so far)" if is_best else ""))
-    for col in ("", "loss", "SSE/img", "MSE/pixel", "KL/img", "ELBO/img", "img/s", "GPU util"):
+    # Per image: SSE summed over pixels, KL over latents; ELBO = −(SSE + KL) with β = 1.
+    for col in ("", "loss", "SSE", "MSE/px", "KL", "ELBO", "img/s", "GPU%"):
         table.add_column(col, justify="left" if not col else "right")
     if train:
-        table.add_row("train (last log)", _f(train["loss"], ",.2f"), _f(train["rec"], ",.2f"),
+        table.add_row("train", _f(train["loss"], ",.2f"), _f(train["rec"], ",.2f"),
                       _f(train["mse_per_pixel"], ".5f"), _f(train["kl"], ",.2f"), "—",
-                      _f(images_per_s, ",.0f"), _f(gpu_util, ".0f") + ("%" if gpu_util is not None else ""))
+                      _f(images_per_s, ",.0f"), _f(gpu_util, ".0f"))
     name = "val" if title is None else "test"
     table.add_row(name, _f(evaluation["elbo_loss"], ",.2f"), _f(evaluation["rec"], ",.2f"),
                   _f(evaluation["mse_per_pixel"], ".5f"), _f(evaluation["kl"], ",.2f"), _f(evaluation["elbo"], ",.2f"),

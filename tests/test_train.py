@@ -1,0 +1,207 @@
+"""train.py end to end on the shared shards: artifacts, exact resume, bad input, divergence.
+
+Runs use a narrow network and small batches so the whole file stays within its time budget on
+two CPU cores; ``--loss_impl torch`` keeps Triton's CPU interpreter (slow) out of the loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--channels", "16,32,64,128", "--latent_dim", "32", "--loss_impl", "torch", "--compile", "false",
+         "--batch_size", "16", "--eval_batch_size", "64", "--log_interval", "2", "--kl_warmup_steps", "10",
+         "--warmup_steps", "3", "--n_samples", "16", "--num_threads", "1"]
+ARTIFACTS = ("config.json", "metrics.jsonl", "training_log.png", "reconstructions.png", "samples.png",
+             "interpolation.png", "failures.png", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt")
+
+
+def run_train(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "120"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def steps_per_epoch(shards: Path, batch: int, world: int = 1) -> int:
+    count = json.loads((shards / "manifest.json").read_text())["splits"]["train"]["count"]
+    return (count // world) // batch
+
+
+@pytest.fixture(scope="module")
+def full_run(shards_dir, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run, checkpointing every 5 steps."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    run_train("--data", shards_dir, "--out", out, "--epochs", 2, "--checkpoint_interval", 5, *SMALL)
+    return out
+
+
+@pytest.mark.slow
+def test_short_run_writes_every_artifact(full_run, shards_dir):
+    for name in ARTIFACTS:
+        path = full_run / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    from PIL import Image
+
+    for name in ARTIFACTS:
+        if name.endswith(".png"):
+            with Image.open(full_run / name) as img:
+                assert img.width > 200 and img.height > 100, name
+
+    cfg = json.loads((full_run / "config.json").read_text())
+    assert cfg["epochs"] == 2 and cfg["latent_dim"] == 32 and cfg["data"] == str(shards_dir)
+
+    records = read_jsonl(full_run / "metrics.jsonl")
+    spe = steps_per_epoch(shards_dir, 16)
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == sorted({*range(2, 2 * spe + 1, 2), spe, 2 * spe})
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [1, 2]
+    assert [r["kind"] for r in records].count("test") == 1
+    assert train[0]["beta"] < train[-1]["beta"] == 1.0  # KL annealing
+    assert train[-1]["rec"] < train[0]["rec"]  # it learns
+
+    summary = json.loads((full_run / "summary.json").read_text())
+    test = summary["test"]
+    assert test["count"] == json.loads((shards_dir / "manifest.json").read_text())["splits"]["test"]["count"]
+    assert test["elbo"] == pytest.approx(-(test["rec"] + test["kl"]))
+    assert test["mse_per_pixel"] == pytest.approx(test["rec"] / (3 * 64 * 64))
+    assert summary["steps"] == 2 * spe and summary["parameters"] > 0 and summary["images_per_s"] > 0
+    assert summary["wall_time_s"] > 0
+
+    last = torch.load(full_run / "checkpoints/last.pt", weights_only=False)
+    best = torch.load(full_run / "checkpoints/best.pt", weights_only=False)
+    assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (2 * spe, 2, 0)
+    vals = [r["elbo"] for r in records if r["kind"] == "val"]
+    assert best["best_val_elbo"] == pytest.approx(max(vals))
+    assert set(last["rng"]) >= {"python", "numpy", "torch"} and last["optimizer"]["state"]
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(full_run, shards_dir, tmp_path):
+    """Interrupted mid-epoch, resumed, interrupted at an epoch end, resumed: same curve and weights."""
+    out = tmp_path / "resumed"
+    spe = steps_per_epoch(shards_dir, 16)
+    common = ["--data", shards_dir, "--out", out, *SMALL]
+    run_train(*common, "--epochs", 2, "--checkpoint_interval", 5, "--stop_at_step", 3)
+    assert torch.load(out / "checkpoints/last.pt", weights_only=False)["batch_in_epoch"] == 3
+    run_train("--out", out, "--resume", "--stop_at_step", spe)  # the rest of the config comes from the checkpoint
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=False)
+    assert (ck["epoch"], ck["batch_in_epoch"]) == (1, 0)
+    run_train("--out", out, "--resume", "--stop_at_step", "null")
+
+    def curve(run: Path) -> list[tuple]:
+        return [(r["kind"], r["step"], r.get("loss"), r["rec"], r["kl"]) for r in read_jsonl(run / "metrics.jsonl")]
+
+    assert curve(out) == curve(full_run)
+    a = torch.load(out / "checkpoints/last.pt", weights_only=False)["model"]
+    b = torch.load(full_run / "checkpoints/last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_train_step_lowers_the_loss_on_a_fixed_batch(shards_dir):
+    from kernels import vae_loss
+    from model.runtime import resolve_runtime
+    from model.config import read_config_file, validate
+    from model.train_step import make_loss_fn, train_step
+    from model.vae import ConvVAE, VAEConfig
+    from pipeline import make_loader
+
+    torch.manual_seed(0)
+    loader = make_loader(shards_dir, "val", 16, device="cpu", num_threads=1)
+    x = next(iter(loader))
+    loader.close()
+    model = ConvVAE(VAEConfig(channels=(16, 32, 64, 128), latent_dim=32))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    rt = resolve_runtime(validate({**read_config_file(), "amp": "off"}))
+    beta = torch.tensor(1.0)
+
+    def loss_now() -> float:
+        torch.manual_seed(123)  # the same eps both times
+        with torch.no_grad():
+            out = model(x)
+            return vae_loss(out.logits, x, out.kl, beta, logits=True, impl="torch").loss.item()
+
+    before = loss_now()
+    parts = train_step(model, opt, rt.grad_scaler(), x, beta, loss_fn=make_loss_fn("torch", False),
+                       autocast=rt.autocast(), grad_clip=1.0)
+    after = loss_now()
+    assert parts.loss.ndim == 0 and torch.isfinite(parts.loss)
+    assert after < before * 0.99, (before, after)
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2
+def _main(capsys, *argv) -> tuple[int, str]:
+    import train
+
+    rc = train.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return rc, " ".join(err.split())
+
+
+@pytest.mark.parametrize("make_dir,expect", [(False, "does not exist"), (True, "is empty")])
+def test_missing_or_empty_data_dir(tmp_path, capsys, make_dir, expect):
+    data = tmp_path / "shards"
+    if make_dir:
+        data.mkdir()
+    rc, err = _main(capsys, "--data", data, "--out", tmp_path / "run", *SMALL)
+    assert rc == 2 and err.startswith("error:") and expect in err and str(data) in err
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--beta", "-1"], "'beta' must be >= 0"),
+    (["--loss_impl", "cuda-magic"], "'loss_impl': 'cuda-magic' is not one of"),
+    (["--bogus_key", "1"], "unknown config key 'bogus_key'"),
+    (["--epochs", "two"], "'epochs': 'two' is not a valid int"),
+    (["--amp", "fp16", "--data", "."], "fp16"),
+])
+def test_bad_config_values(tmp_path, capsys, argv, expect):
+    if "--amp" in argv and torch.cuda.is_available():
+        pytest.skip("fp16 is valid on CUDA")
+    rc, err = _main(capsys, "--out", tmp_path / "run", *argv)
+    assert rc == 2 and err.startswith("error:") and expect in err, err
+
+
+def test_bad_config_file(tmp_path, capsys):
+    bad = tmp_path / "c.json"
+    bad.write_text("{not json")
+    rc, err = _main(capsys, "--config", bad)
+    assert rc == 2 and "not valid JSON" in err
+
+
+@pytest.mark.slow
+def test_resume_with_another_model_config_is_refused(full_run, capsys):
+    rc, err = _main(capsys, "--out", full_run, "--resume", "--latent_dim", "64")
+    assert rc == 2 and "another model config" in err and "latent_dim" in err
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    rc, err = _main(capsys, "--out", tmp_path / "nothing", "--resume")
+    assert rc == 2 and "no checkpoint to resume from" in err
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(shards_dir, tmp_path):
+    out = tmp_path / "diverged"
+    proc = run_train("--data", shards_dir, "--out", out, *SMALL, "--lr", "1e30", "--warmup_steps", "0",
+                     "--grad_clip", "0", "--log_interval", "1", "--checkpoint_interval", "1", "--amp", "off",
+                     check=False)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: loss became NaN/inf at step" in err and "Traceback" not in proc.stderr
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=False)
+    bad_step = int(err.split("at step ")[1].split()[0])
+    assert ck["step"] <= bad_step
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
