@@ -1,0 +1,145 @@
+"""kernels.sse and kernels.sigmoid_sse (fused Triton) against their references in kernels.reference."""
+import importlib
+
+import pytest
+import torch
+
+from kernels import KernelInputError, sigmoid_sse, sse
+from kernels.launch import interpreting
+from kernels.reference import sigmoid_sse_ref, sse_ref
+
+# The function kernels.sse shadows the module of the same name on the package.
+sse_module = importlib.import_module("kernels.sse")
+
+DEVICES = (["cpu"] if interpreting() else []) + (["cuda"] if torch.cuda.is_available() else [])
+pytestmark = pytest.mark.skipif(not DEVICES, reason="no CUDA and TRITON_INTERPRET unset: no Triton path to test")
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+       torch.float16: dict(rtol=2e-2, atol=2e-2)}
+OPS = {"sse": (sse, sse_ref), "sigmoid_sse": (sigmoid_sse, sigmoid_sse_ref)}
+# B ∈ {1, 3, 257} with odd C·H·W; 2×3×64×64 is the real image (3 column chunks of 4096 on a GPU).
+SHAPES = [(1, 3, 5, 7), (3, 3, 11, 13), (257, 3, 5, 7), (2, 3, 64, 64), (3, 1)]
+
+
+def _inputs(shape, dtype, device, target_dtype=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    pred = (2 * torch.randn(shape, generator=gen)).to(device=device, dtype=dtype)
+    target = torch.rand(shape, generator=gen).to(device=device, dtype=target_dtype or dtype)
+    return pred, target
+
+
+def _run(fn, pred, target, upstream, target_grad=False):
+    pred = pred.detach().clone().requires_grad_(True)
+    target = target.detach().clone().requires_grad_(target_grad)
+    out = fn(pred, target)
+    grads = torch.autograd.grad(out, [pred, target] if target_grad else [pred], upstream)
+    return (out, *grads)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference_forward_and_backward(device, op, dtype, shape):
+    fused, ref = OPS[op]
+    pred, target = _inputs(shape, dtype, device)
+    upstream = (torch.rand(shape[0]) + 0.5).to(device)  # per-sample weights ≠ 1
+    ours = _run(lambda a, b: fused(a, b, impl="triton"), pred, target, upstream)
+    want = _run(ref, pred, target, upstream)
+    assert "SSEFunction" in type(ours[0].grad_fn).__name__  # really the fused path
+    assert ours[0].dtype == torch.float32 and ours[0].shape == (shape[0],) and ours[1].dtype == dtype
+    torch.testing.assert_close(ours, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("store", [True, False], ids=["grad-in-forward", "recompute-in-backward"])
+def test_mixed_dtypes_and_target_gradient(device, op, store, monkeypatch):
+    """bf16 decoder output against fp32 images (the AMP case); both gradient strategies; a target
+    that needs a gradient too."""
+    monkeypatch.setattr(sse_module, "GRAD_IN_FORWARD", store)
+    fused, ref = OPS[op]
+    pred, target = _inputs((5, 3, 9, 7), torch.bfloat16, device, target_dtype=torch.float32)
+    upstream = torch.linspace(0.5, 2.0, 5, device=device)
+    ours = _run(lambda a, b: fused(a, b, impl="triton"), pred, target, upstream, target_grad=True)
+    want = _run(ref, pred, target, upstream, target_grad=True)
+    torch.testing.assert_close(ours, want, **TOL[torch.bfloat16])
+    assert ours[2].dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS)
+def test_layouts(device, op):
+    """channels_last pairs are read in place; mixed layouts and batch slices are handled."""
+    fused, ref = OPS[op]
+    pred, target = _inputs((6, 3, 5, 7), torch.float32, device)
+    cl = torch.channels_last
+    cases = {
+        "channels_last": (pred.to(memory_format=cl), target.to(memory_format=cl)),
+        "mixed": (pred.to(memory_format=cl), target),
+        "batch-slice": (pred[::2], target[::2]),
+        "transposed": (pred.transpose(2, 3), target.transpose(2, 3).contiguous()),
+    }
+    upstream = torch.rand(6, device=device)
+    for name, (a, b) in cases.items():
+        u = upstream[: a.shape[0]]
+        ours = _run(lambda x, y: fused(x, y, impl="triton"), a, b, u)
+        want = _run(ref, a, b, u)
+        torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS)
+def test_gradcheck_float64(device, op):
+    fused, _ = OPS[op]
+    pred, target = _inputs((3, 2, 3, 5), torch.float64, device)
+    pred.requires_grad_(True)
+    target.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: fused(a, b, impl="triton"), (pred, target))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS)
+def test_no_grad_forward(device, op):
+    fused, ref = OPS[op]
+    pred, target = _inputs((4, 3, 5, 7), torch.float32, device)
+    with torch.no_grad():
+        got = fused(pred, target, impl="triton")
+    assert got.grad_fn is None
+    torch.testing.assert_close(got, ref(pred, target))
+
+
+# The interpreter evaluates with numpy, which warns about the very NaNs this test feeds in.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS)
+def test_nan_and_inf_propagate_like_the_reference(device, op):
+    fused, ref = OPS[op]
+    pred, target = _inputs((5, 2, 3, 3), torch.float32, device)
+    pred[0, 0, 0, 0] = float("nan")
+    pred[1, 1, 2, 2] = float("inf")
+    pred[2, 0, 1, 1] = -float("inf")
+    target[3, 1, 0, 2] = float("nan")
+    upstream = torch.ones(5, device=device)
+    ours = _run(lambda a, b: fused(a, b, impl="triton"), pred, target, upstream)
+    want = _run(ref, pred, target, upstream)
+    for got, exp in zip(ours, want):
+        assert torch.equal(got.isnan(), exp.isnan())
+        assert torch.equal(got.isinf(), exp.isinf())
+        finite = exp.isfinite()
+        torch.testing.assert_close(got[finite], exp[finite])
+
+
+def test_bad_inputs_raise_one_clear_error():
+    x = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(KernelInputError, match="differs from"):
+        sse(x, torch.zeros(2, 3, 4, 5), impl="torch")
+    with pytest.raises(KernelInputError, match="at least 2 dims"):
+        sigmoid_sse(torch.zeros(4), torch.zeros(4), impl="torch")
+    with pytest.raises(KernelInputError, match="float16, bfloat16"):
+        sse(x.to(torch.uint8), x, impl="torch")
+    with pytest.raises(KernelInputError, match="non-empty"):
+        sse(torch.zeros(0, 3), torch.zeros(0, 3), impl="torch")
+    with pytest.raises(KernelInputError, match="must be a tensor"):
+        sse(x, x.numpy(), impl="torch")
