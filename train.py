@@ -88,7 +88,8 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
         raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw = raw.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
     n_params = count_parameters(raw)
-    flops_per_image = _train_flops_per_image(raw, cfg, rt)
+    # Counting FLOPs imports torch._dynamo (~1.5 s): only worth it where the MFU line is shown.
+    flops_per_image = _train_flops_per_image(raw, cfg, rt) if rt.device.type == "cuda" else None
     model = raw
     if rt.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
