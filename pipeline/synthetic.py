@@ -21,6 +21,7 @@ import os
 import random
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -300,7 +301,8 @@ def draw_face(rng: random.Random, attrs: dict[str, bool]):
     P.poly(outline, skin)
     light = rng.uniform(-1, 1)  # which side is lit; the other gets a soft shadow
     shadow_side = -1 if light > 0 else 1
-    P.poly([(x, y) for x, y in outline if x * shadow_side > ax * 0.45] or outline[:3], _shade(skin, 0.86) + (int(90 * abs(light)),))
+    shaded = [(x, y) for x, y in outline if x * shadow_side > ax * 0.45]
+    P.poly(shaded, _shade(skin, 0.86) + (int(90 * abs(light)),))
     if A["Double_Chin"]:
         P.arc(0, ay - 2, ax * 0.45, 7, 20, 160, _shade(skin, 0.7), 1.6)
     if A["5_o_Clock_Shadow"]:
@@ -314,10 +316,12 @@ def draw_face(rng: random.Random, attrs: dict[str, bool]):
         _draw_hair(P, rng, A, hair, ax, ay, brow_y, long_hair, fx)
     elif rng.random() < 0.7:  # a fringe of hair above the ears
         for side in (-1, 1):
-            P.poly([(side * (ax + 1), -30), (side * (ax - 6), -34), (side * (ax - 4), ear_y - 2), (side * (ax + 2), ear_y)], hair)
+            P.poly([(side * (ax + 1), -30), (side * (ax - 6), -34),
+                    (side * (ax - 4), ear_y - 2), (side * (ax + 2), ear_y)], hair)
     if A["Sideburns"]:
         for side in (-1, 1):
-            P.poly([(side * (ax - 1), brow_y - 6), (side * (ax - 8), brow_y - 6), (side * (ax - 7), ear_y + 12), (side * (ax - 1), ear_y + 10)], _shade(hair, 0.9))
+            P.poly([(side * (ax - 1), brow_y - 6), (side * (ax - 8), brow_y - 6),
+                    (side * (ax - 7), ear_y + 12), (side * (ax - 1), ear_y + 10)], _shade(hair, 0.9))
     if A["Wearing_Hat"]:
         hat = _jitter(rng, rng.choice(_CLOTHES), 20)
         crown = rng.uniform(-28, -20)
@@ -364,7 +368,8 @@ def draw_face(rng: random.Random, attrs: dict[str, bool]):
     nose_y = eye_y + rng.uniform(22, 27)
     nose_w = rng.uniform(6, 8) + (3 if A["Big_Nose"] else 0) - (1.5 if A["Pointy_Nose"] else 0)
     nx = fx * 1.3
-    P.line([(nx + shadow_side * 3, eye_y + 4), (nx + shadow_side * 4, nose_y - 5), (nx + shadow_side * 1, nose_y)], _shade(skin, 0.8), 1.4)
+    ridge = [(nx + shadow_side * 3, eye_y + 4), (nx + shadow_side * 4, nose_y - 5), (nx + shadow_side, nose_y)]
+    P.line(ridge, _shade(skin, 0.8), 1.4)
     P.ellipse(nx, nose_y - 1.5, nose_w * 0.55, 3.5 if not A["Pointy_Nose"] else 2.6, _shade(skin, 1.05), n=16)
     for side in (-1, 1):
         P.ellipse(nx + side * nose_w * 0.5, nose_y + 0.5, nose_w * 0.22, 1.4, _shade(skin, 0.5), n=10)
@@ -375,7 +380,8 @@ def draw_face(rng: random.Random, attrs: dict[str, bool]):
             P.ellipse(side * (eye_sep + 6) + fx, nose_y - 4, 9, 6, (230, 90, 100, 60))
     if A["High_Cheekbones"]:
         for side in (-1, 1):
-            P.arc(side * (eye_sep + 10) + fx, nose_y - 9, 8, 10, 60 if side > 0 else 120, 100 if side > 0 else 80, _shade(skin, 0.82) + (120,), 1.2)
+            start, end = (60, 100) if side > 0 else (120, 80)
+            P.arc(side * (eye_sep + 10) + fx, nose_y - 9, 8, 10, start, end, _shade(skin, 0.82) + (120,), 1.2)
 
     # Beard and mustache sit under the mouth.
     mouth_y = nose_y + rng.uniform(10, 14)
@@ -386,9 +392,11 @@ def draw_face(rng: random.Random, attrs: dict[str, bool]):
                [(-ax * 0.9, mouth_y - 16)], beard_col)
         P.ellipse(fx, mouth_y, mouth_w + 1, 4, skin)
     elif A["Goatee"]:
-        P.poly([(fx - mouth_w * 0.6, mouth_y + 3), (fx + mouth_w * 0.6, mouth_y + 3), (fx + 6, ay - 1), (fx - 6, ay - 1)], beard_col)
+        P.poly([(fx - mouth_w * 0.6, mouth_y + 3), (fx + mouth_w * 0.6, mouth_y + 3),
+                (fx + 6, ay - 1), (fx - 6, ay - 1)], beard_col)
     if A["Mustache"]:
-        P.poly([(fx - mouth_w - 1, mouth_y - 1), (fx, mouth_y - 7), (fx + mouth_w + 1, mouth_y - 1), (fx, mouth_y - 3.5)], beard_col)
+        P.poly([(fx - mouth_w - 1, mouth_y - 1), (fx, mouth_y - 7),
+                (fx + mouth_w + 1, mouth_y - 1), (fx, mouth_y - 3.5)], beard_col)
 
     # Mouth.
     lip = _jitter(rng, (190, 40, 60) if A["Wearing_Lipstick"] else _mix(skin, (170, 70, 70), 0.45), 12)
@@ -418,7 +426,8 @@ def draw_face(rng: random.Random, attrs: dict[str, bool]):
         gw, gh = eye_w * 1.5, eye_h * 2.2 + 2
         for side in (-1, 1):
             gx = side * eye_sep + fx
-            box = [(gx - gw, eye_y - gh), (gx + gw, eye_y - gh), (gx + gw * 0.9, eye_y + gh), (gx - gw * 0.9, eye_y + gh), (gx - gw, eye_y - gh)]
+            box = [(gx - gw, eye_y - gh), (gx + gw, eye_y - gh), (gx + gw * 0.9, eye_y + gh),
+                   (gx - gw * 0.9, eye_y + gh), (gx - gw, eye_y - gh)]
             if sun:
                 P.poly(box[:4], (20, 20, 25, 215))
             P.line(box, frame, 1.3)
@@ -450,7 +459,8 @@ def _draw_hair(P: _Painter, rng: random.Random, A: dict[str, bool], hair: Color,
             line = [(w, 4), (ax * 0.7, hl + 6), (fx, hl - 3), (-ax * 0.7, hl + 6), (-w, 4)]
         elif part == "side":
             s = rng.choice((-1, 1))
-            line = [(s * w, 2), (s * ax * 0.6, hl + 2), (s * ax * 0.3, hl - 5), (-s * ax * 0.2, hl + 2), (-s * ax * 0.8, hl + 10), (-s * w, 6)]
+            line = [(s * w, 2), (s * ax * 0.6, hl + 2), (s * ax * 0.3, hl - 5),
+                    (-s * ax * 0.2, hl + 2), (-s * ax * 0.8, hl + 10), (-s * w, 6)]
             line = line if s == 1 else line[::-1]  # the cap ends on the right: go right to left
         else:
             line = [(w, 0), (ax * 0.8, hl + 4), (ax * 0.2, hl), (-ax * 0.5, hl + 4), (-w, 2)]
@@ -620,7 +630,13 @@ def _run_chunks(seed: int, n: int, chunk: int, folder: str | None, workers: int)
             nxt = next(it, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(_render_chunk, seed, nxt, folder)))
-            yield idx, fut.result()
+            try:
+                results = fut.result()
+            except BrokenProcessPool:
+                raise UserError("a drawing worker process died. When calling write_synthetic_celeba() from a "
+                                "script, put the call under `if __name__ == '__main__':` (workers are spawned and "
+                                "re-import the script), or pass workers=1") from None
+            yield idx, results
 
 
 def _progress(enabled: bool):

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.celeba import open_celeba
 from pipeline.errors import ConfigError, DataError
-from pipeline.preshard import STATE, ShardWriter, check_jpeg, main, preshard, split_plan
+from pipeline.preshard import STATE, ShardWriter, check_jpeg, main, preshard, split_plan, tar_header
 from pipeline.synthetic import ATTRIBUTES, write_synthetic_celeba
 from pipeline.wds_index import check_index_matches_tar, format_index, parse_index, parse_index_text
 
@@ -131,6 +131,14 @@ def test_tar_members_are_deterministic_and_ordered(shards_dir):
         assert [m.name for m in members[i:i + 3]] == [f"{key}.jpg", f"{key}.cls", f"{key}.json"]
     for m in members:
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode, m.type) == (0, 0, 0, "", "", 0o644, tarfile.REGTYPE)
+
+
+@pytest.mark.parametrize("name,size", [("000001.jpg", 0), ("000001.jpg", 8123), ("a" * 96 + ".cls", 10),
+                                       ("x.json", 0o77777777777)])
+def test_tar_header_equals_tarfiles(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert tar_header(name, size) == info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
 
 
 def test_webdataset_reads_back_every_sample(shards_dir, celeba_tree):
