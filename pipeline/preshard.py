@@ -385,6 +385,11 @@ def preshard(src: str | os.PathLike, out: str | os.PathLike, *, shard_bytes: int
     out.mkdir(parents=True, exist_ok=True)
     if (out / STATE).is_file():
         kept = _load_state(out, fingerprint)
+        if progress:
+            from rich.console import Console
+
+            n_kept = sum(1 for recs in kept.values() for r in recs if r.get("shard"))
+            Console().print(f"resuming an interrupted run in {out}: {n_kept} finished shard(s) kept")
     else:
         if _our_files(out):
             raise _refuse(out, "shard files without a manifest (not written by this preshard)")
