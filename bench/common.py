@@ -83,7 +83,11 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*[_fmt(v) for v in row])
-    Console().print(table)
+    # Non-terminal output (CI logs, files) would be squeezed to 80 columns and truncate labels.
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
 
 
 def _fmt(v: Any) -> str:

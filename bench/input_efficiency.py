@@ -1,0 +1,147 @@
+"""Input efficiency: is the training loop fed as fast as it can eat?
+
+The trainer's configuration (config.json, "auto" values resolved for this device) runs the same
+step twice: fed by ``pipeline.make_loader`` from the shards, and on one device-resident batch.
+efficiency = images/s(loader-fed) ÷ images/s(resident); 1.0 means the input pipeline costs nothing.
+GPU utilization is sampled with NVML during the loader-fed run, and the loader alone (no model) is
+timed to show the pipeline's own ceiling.
+
+    python -m bench.input_efficiency --shards DIR [--quick] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import print_table, save_json, sync
+from bench.gpu_util import GpuUtilSampler
+from bench.train_step import Variant, build_harness, resident_batch
+from pipeline.errors import DataError, cli_entry
+
+#: Images in CelebA's train split: the epoch the issue's "< 10 s per epoch" target is about.
+CELEBA_TRAIN_IMAGES = 162_770
+
+
+def trainer_variant(device: torch.device, batch_size: int | None = None) -> tuple[Variant, dict[str, Any]]:
+    """The variant train.py would run with config.json's defaults on ``device``."""
+    from kernels import resolve_impl
+    from model.config import read_config_file
+    from model.runtime import resolve_runtime
+
+    cfg = read_config_file()
+    rt = resolve_runtime(cfg, device=device)
+    loss = resolve_impl(cfg["loss_impl"], device)
+    return Variant("default" if rt.compile else "eager", rt.amp, loss, batch_size or cfg["batch_size"]), cfg
+
+
+def _loader(shards: Path, v: Variant, device: torch.device, channels_last: bool, cfg: dict[str, Any], backend: str):
+    from pipeline import make_loader
+
+    return make_loader(shards, "train", v.batch_size, device=device, backend=backend, shuffle=True, drop_last=True,
+                       channels_last=channels_last, num_threads=cfg["num_threads"], seed=cfg["seed"],
+                       size=cfg["image_size"])
+
+
+def _timed_epoch(batches, step, max_steps: int | None, warmup: int, device: torch.device,
+                 sampler: GpuUtilSampler | None = None) -> tuple[float, int, int]:
+    """Run ``step`` over ``batches``; returns (seconds, images, steps) after the first ``warmup`` steps."""
+    t0, images, steps = None, 0, 0
+    for i, x in enumerate(batches):
+        if i == warmup:
+            sync(device)
+            if sampler is not None:
+                sampler.reset()
+            t0 = time.perf_counter()
+        step(x)
+        if i >= warmup:
+            images += x.shape[0]
+            steps += 1
+        if max_steps is not None and i + 1 >= warmup + max_steps:
+            break
+    sync(device)
+    if t0 is None or steps == 0:
+        raise DataError("the train split is too small for the warm-up steps: use more data or a smaller --batch-size")
+    return time.perf_counter() - t0, images, steps
+
+
+def run(shards: str | Path, quick: bool = False, json_path: str | None = None, device: str | None = None,
+        batch_size: int | None = None, backend: str = "auto", print_results: bool = True) -> dict[str, Any]:
+    shards = Path(shards)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    v, cfg = trainer_variant(device, batch_size)
+    warmup = 2 if quick else 10
+    max_steps = 4 if quick else None  # None: the whole train split, which gives the epoch time too
+
+    h = build_harness(v, device)
+    # Resident: the same number of steps as the loader-fed run will take, on one batch.
+    x = resident_batch(v.batch_size, device, h.runtime.channels_last)
+    loader = _loader(shards, v, device, h.runtime.channels_last, cfg, backend)
+    n_steps = len(loader) - warmup if max_steps is None else max_steps
+    if n_steps < 1:
+        raise DataError(f"train split has {len(loader)} batches of {v.batch_size}: need more than {warmup}")
+
+    def resident_ips() -> float:
+        seconds, images, _ = _timed_epoch((x for _ in range(warmup + n_steps)), h.step, n_steps, warmup, device)
+        return images / seconds
+
+    # Resident runs before and after the loader-fed one, averaged: clock or load drift during the
+    # run then biases neither side of the ratio.
+    before = resident_ips()
+    with GpuUtilSampler(device.index or 0) as sampler:
+        fed_s, fed_images, fed_steps = _timed_epoch(loader, h.step, max_steps, warmup, device, sampler)
+    after = resident_ips()
+    loader_only_s, loader_only_images, _ = _timed_epoch(loader, lambda b: None, max_steps, warmup, device)
+    backend_used = loader.backend
+    loader.close()
+
+    resident_ips, fed_ips = (before + after) / 2, fed_images / fed_s
+    results = {
+        "variant": v.label, "backend": backend_used,
+        "resident_images_per_s": resident_ips, "resident_before_after": [before, after],
+        "loader_fed_images_per_s": fed_ips,
+        "loader_only_images_per_s": loader_only_images / loader_only_s,
+        "input_efficiency": fed_ips / resident_ips,
+        "gpu_util_mean_pct": sampler.mean, "gpu_busy_fraction": sampler.busy_fraction,
+        "gpu_util_note": sampler.reason,
+        "steps_timed": fed_steps,
+        # Only a full pass over the split is an epoch time; --quick measures a few steps.
+        "epoch_seconds": None if max_steps is not None else fed_s * (fed_images + warmup * v.batch_size) / fed_images,
+        "celeba_epoch_seconds_at_this_rate": CELEBA_TRAIN_IMAGES / fed_ips,
+    }
+    settings = {"shards": str(shards), "device": str(device), "quick": quick, "warmup_steps": warmup,
+                "batch_size": v.batch_size, "backend": backend}
+    if print_results:
+        print_table(
+            f"input efficiency ({device}, {v.label}, loader {backend_used})",
+            ["measure", "value"],
+            [("resident data, images/s", resident_ips), ("loader-fed, images/s", fed_ips),
+             ("loader alone, images/s", results["loader_only_images_per_s"]),
+             ("input efficiency (fed ÷ resident)", f"{results['input_efficiency']:.3f}"),
+             ("GPU utilization, mean %", sampler.mean if sampler.mean is not None else f"n/a ({sampler.reason})"),
+             ("GPU ≥ 90 % busy, share of samples", results["gpu_busy_fraction"]),
+             ("epoch over these shards, s", results["epoch_seconds"]),
+             (f"CelebA epoch ({CELEBA_TRAIN_IMAGES:,} images) at this rate, s", results["celeba_epoch_seconds_at_this_rate"])],
+        )
+    return save_json(json_path, "input_efficiency", results, settings)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.input_efficiency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", required=True, help="preshard's output folder")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--batch-size", type=int, default=None, help="default: config.json's batch_size")
+    p.add_argument("--backend", default="auto", choices=["auto", "dali", "webdataset"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    run(a.shards, a.quick, a.json, a.device, a.batch_size, a.backend)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Train-step throughput on device-resident data: the upper bound the input pipeline is judged against.
+
+Runs the trainer's own step (``model.train_step.train_step``) for every combination of
+{eager, torch.compile (default / reduce-overhead / max-autotune)} × {fp32, bf16 AMP} ×
+{eager loss, fused Triton loss} × batch size, on one batch that already sits on the device, and
+reports images/s, ms/step and an MFU-style line (counted FLOPs ÷ measured matmul peak).
+
+    python -m bench.train_step [--quick] [--batch-sizes 64 256] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from bench.common import median, print_table, save_json, sync
+from pipeline.errors import cli_entry
+
+
+@dataclass(frozen=True)
+class Variant:
+    compile: str  # "eager" | "default" | "reduce-overhead" | "max-autotune"
+    amp: str  # "off" (fp32) | "bf16"
+    loss: str  # "torch" | "triton"
+    batch_size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.compile}/{'fp32' if self.amp == 'off' else self.amp}/{self.loss}-loss/B{self.batch_size}"
+
+
+@dataclass
+class Harness:
+    """A model, optimizer and one step closure for a variant, on device-resident data."""
+
+    step: Callable[[torch.Tensor], Any]
+    model: torch.nn.Module
+    runtime: Any
+
+
+def build_harness(v: Variant, device: torch.device, *, image_size: int = 64, seed: int = 0) -> Harness:
+    """The trainer's model + AdamW + step for variant ``v`` (the same pieces train.py wires together)."""
+    from model.runtime import Runtime
+    from model.train_step import make_loss_fn, train_step
+    from model.vae import ConvVAE, VAEConfig
+
+    torch.manual_seed(seed)
+    channels_last = v.amp != "off" or device.type == "cuda"
+    rt = Runtime(device, 0, 0, 1, v.amp, channels_last, v.compile != "eager", False)
+    raw = ConvVAE(VAEConfig(image_size=image_size), loss_impl=v.loss)
+    raw = raw.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = raw
+    if v.compile != "eager":
+        model = torch.compile(raw, mode=None if v.compile == "default" else v.compile)
+    loss_fn = make_loss_fn(v.loss, compile_eager=v.compile != "eager")
+    opt = torch.optim.AdamW(raw.parameters(), lr=1e-3, foreach=True)
+    scaler = rt.grad_scaler()
+    params = list(raw.parameters())
+    beta = torch.ones((), device=device)
+    autocast = rt.autocast()
+
+    def step(x: torch.Tensor):
+        return train_step(model, opt, scaler, x, beta, loss_fn=loss_fn, autocast=autocast, grad_clip=1.0,
+                          params=params)
+
+    return Harness(step, raw, rt)
+
+
+def resident_batch(batch_size: int, device: torch.device, channels_last: bool, image_size: int = 64) -> torch.Tensor:
+    """A batch of images in [0, 1] already on the device, laid out like the loader delivers it."""
+    g = torch.Generator().manual_seed(1234)
+    x = torch.rand(batch_size, 3, image_size, image_size, generator=g).to(device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def flops_per_image(image_size: int = 64) -> int:
+    """Counted forward+backward FLOPs of one image through the model and loss (conv/linear work)."""
+    from bench.flops import count_step_flops
+    from kernels import vae_loss
+    from model.vae import ConvVAE, VAEConfig
+
+    probe = ConvVAE(VAEConfig(image_size=image_size), loss_impl="torch")
+    x = torch.rand(2, 3, image_size, image_size)
+
+    def step():
+        out = probe(x)
+        return vae_loss(out.logits, x, out.kl, 1.0, logits=True, impl="torch").loss
+
+    return count_step_flops(step) // 2
+
+
+def time_variant(v: Variant, device: torch.device, *, warmup: int, steps: int, repeats: int) -> dict[str, Any]:
+    """Median images/s over ``repeats`` timed windows of ``steps`` steps, after ``warmup`` steps
+    (which include compilation; its time is reported separately)."""
+    h = build_harness(v, device)
+    x = resident_batch(v.batch_size, device, h.runtime.channels_last)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        parts = h.step(x)
+    sync(device)
+    warmup_s = time.perf_counter() - t0
+    windows = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            parts = h.step(x)
+        sync(device)
+        windows.append(time.perf_counter() - t0)
+    sec = median(windows)
+    loss = float(parts.loss.detach())
+    return {
+        "variant": v.label, "compile": v.compile, "amp": v.amp, "loss": v.loss, "batch_size": v.batch_size,
+        "images_per_s": v.batch_size * steps / sec, "ms_per_step": 1e3 * sec / steps,
+        "warmup_s": warmup_s, "final_loss": loss, "finite": bool(torch.isfinite(torch.tensor(loss))),
+    }
+
+
+def variants(device: torch.device, quick: bool, batch_sizes: list[int] | None) -> tuple[list[Variant], list[dict]]:
+    """The grid for this device, plus the combinations skipped and why (shown in the table)."""
+    cuda = device.type == "cuda"
+    if batch_sizes is None:
+        batch_sizes = ([64, 256] if quick else [64, 256, 1024]) if cuda else ([32] if quick else [64, 256])
+    compiles = ["eager", "default"]
+    if cuda and not quick:
+        compiles += ["reduce-overhead", "max-autotune"]
+    amps = ["off", "bf16"]
+    losses = ["torch", "triton"]
+    keep, skipped = [], []
+    for c, a, l, b in itertools.product(compiles, amps, losses, batch_sizes):
+        v = Variant(c, a, l, b)
+        if l == "triton" and not cuda:
+            skipped.append({"variant": v.label, "reason": "Triton is a CUDA speed path (interpreter on CPU)"})
+        elif c != "eager" and not cuda and quick:
+            skipped.append({"variant": v.label, "reason": "--quick on CPU: compile time dominates"})
+        else:
+            keep.append(v)
+    return keep, skipped
+
+
+def run(quick: bool = False, json_path: str | None = None, device: str | None = None,
+        batch_sizes: list[int] | None = None, print_results: bool = True) -> dict[str, Any]:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from bench.flops import measure_matmul_peak
+
+    grid, skipped = variants(device, quick, batch_sizes)
+    warmup, steps, repeats = (2, 3, 1) if quick else ((10, 30, 3) if device.type == "cuda" else (3, 10, 3))
+    fpi = flops_per_image()
+    peaks = {amp: measure_matmul_peak(device, torch.float32 if amp == "off" else torch.bfloat16,
+                                      seconds=0.2 if quick else 1.0) for amp in {v.amp for v in grid}}
+    rows = []
+    for v in grid:
+        r = time_variant(v, device, warmup=warmup, steps=steps, repeats=repeats)
+        r["mfu"] = fpi * r["images_per_s"] / peaks[v.amp]
+        rows.append(r)
+    # The headline ratio the issue asks for: compile+bf16 vs eager fp32 at the largest common batch.
+    speedups = {}
+    for b in sorted({r["batch_size"] for r in rows}):
+        base = next((r for r in rows if (r["compile"], r["amp"], r["loss"], r["batch_size"]) == ("eager", "off", "torch", b)), None)
+        if base is None:
+            continue
+        for r in rows:
+            if r["batch_size"] == b:
+                r["speedup_vs_eager_fp32"] = r["images_per_s"] / base["images_per_s"]
+        compiled_bf16 = [r for r in rows if r["batch_size"] == b and r["compile"] != "eager" and r["amp"] == "bf16"]
+        if compiled_bf16:
+            speedups[f"compile_bf16_vs_eager_fp32@B{b}"] = max(r["speedup_vs_eager_fp32"] for r in compiled_bf16)
+    best = max(rows, key=lambda r: r["images_per_s"]) if rows else None
+    settings = {"device": str(device), "quick": quick, "warmup_steps": warmup, "steps": steps, "repeats": repeats,
+                "flops_per_image": fpi, "matmul_peak_flops": peaks}
+    results = {"rows": rows, "skipped": skipped, "best": best and best["variant"], "speedups": speedups}
+    if print_results:
+        print_table(
+            f"train step on device-resident data ({device})",
+            ["variant", "images/s", "ms/step", "× eager fp32", "MFU %", "warm-up s", "loss"],
+            [(r["variant"], r["images_per_s"], r["ms_per_step"], r.get("speedup_vs_eager_fp32"),
+              100 * r["mfu"], r["warmup_s"], r["final_loss"]) for r in rows],
+            caption=(f"{fpi / 1e6:.1f} MFLOP/image fwd+bwd (counted); MFU = FLOPs·images/s ÷ measured matmul peak "
+                     + ", ".join(f"{'fp32' if k == 'off' else k} {p / 1e12:.2f} TFLOP/s" for k, p in peaks.items())
+                     + (f"; skipped {len(skipped)}: " + "; ".join(sorted({s['reason'] for s in skipped})) if skipped else "")),
+        )
+    return save_json(json_path, "train_step", results, settings)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small grid, few steps (a CPU smoke run)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--json", default=None, help="write results here")
+    a = p.parse_args(argv)
+    run(a.quick, a.json, a.device, a.batch_sizes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
