@@ -33,7 +33,8 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
         except UserError as err:
             from rich.console import Console
 
-            Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+            # soft_wrap: the message stays one line however narrow the terminal is.
+            Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -1,0 +1,128 @@
+"""The whole bench suite: "is my GPU busy, and what is holding it back?"
+
+    python -m bench [--shards DIR] [--quick] [--json OUT] [--out DIR] [--only PART ...]
+
+Parts: loader (images/s per decode path), loss (eager vs compiled vs fused), train_step
+(device-resident upper bound, MFU), input (loader-fed vs resident, GPU utilization, epoch time),
+profile (Chrome trace, top kernels, GPU idle share). Each prints its own table; a summary compares
+the figures with the targets for one H100. Without --shards, a small synthetic set is generated
+under --out once and reused.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.common import print_table, save_json
+from pipeline.errors import DataError, cli_entry
+
+PARTS = ("loader", "loss", "train_step", "input", "profile")
+
+#: Synthetic set generated when no --shards is given (big enough for a few epochs of the quick parts).
+DEFAULT_SYNTHETIC_IMAGES = {True: 1200, False: 6000}
+
+
+def default_shards(out_dir: Path, quick: bool) -> Path:
+    """Synthetic CelebA shards under ``out_dir``, generated once (and reused if already there)."""
+    from pipeline.preshard import preshard
+    from pipeline.synthetic import write_synthetic_celeba
+
+    n = DEFAULT_SYNTHETIC_IMAGES[quick]
+    src, shards = out_dir / f"synthetic-{n}", out_dir / f"shards-{n}"
+    if not (shards / "manifest.json").exists():
+        if not (src / "list_eval_partition.txt").exists():
+            write_synthetic_celeba(src, n=n, seed=0, progress=True)
+        preshard(src, shards, progress=True)
+    return shards
+
+
+def _part_runners(shards: Path, out_dir: Path, quick: bool, device: str | None) -> dict[str, Callable[[], dict]]:
+    def call(module: str, *args, **kwargs) -> Callable[[], dict]:
+        return lambda: importlib.import_module(f"bench.{module}").run(*args, **kwargs)
+
+    return {
+        "loader": call("loader", shards, quick=quick),
+        "loss": call("loss", quick=quick),
+        "train_step": call("train_step", quick=quick, device=device),
+        "input": call("input_efficiency", shards, quick=quick, device=device),
+        "profile": call("profile", shards, quick=quick, out_dir=out_dir, device=device),
+    }
+
+
+def summarize(docs: dict[str, dict[str, Any]], on_gpu: bool) -> list[dict[str, Any]]:
+    """The issue's targets for one H100, next to what this run measured. "met" is None where nothing
+    was measured, and everywhere off the GPU: a CPU figure says nothing about an H100 target."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, target: str, ok: bool | None) -> None:
+        rows.append({"measure": name, "value": value, "target (H100)": target, "met": ok if on_gpu else None})
+
+    inp = docs.get("input", {}).get("results")
+    if inp:
+        eff = inp["input_efficiency"]
+        add("input efficiency (loader-fed ÷ resident)", round(eff, 3), "≥ 0.95", eff >= 0.95)
+        util = inp["gpu_util_mean_pct"]
+        add("GPU utilization, mean %", util, "≥ 90 %", None if util is None else util >= 90)
+        sec = inp["celeba_epoch_seconds_at_this_rate"]
+        add("CelebA train epoch (162,770 images), s", round(sec, 1), "< 10 s", sec < 10)
+    prof = docs.get("profile", {}).get("results")
+    if prof:
+        gpu = prof.get("gpu")
+        add("GPU busy share of profiled steps", None if gpu is None else round(gpu["busy_share"], 3), "≥ 0.90",
+            None if gpu is None else gpu["busy_share"] >= 0.90)
+    ts = docs.get("train_step", {}).get("results")
+    if ts:
+        for key, ratio in sorted(ts.get("speedups", {}).items()):
+            add(key.replace("_", " "), round(ratio, 2), "≥ 2× at B=256", ratio >= 2 if key.endswith("@B256") else None)
+    return rows
+
+
+def run(shards: str | Path | None = None, quick: bool = False, json_path: str | None = None,
+        out_dir: str | Path = "bench_out", only: list[str] | None = None, device: str | None = None) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if shards is None:
+        shards = default_shards(out_dir, quick)
+    shards = Path(shards)
+    if not (shards / "manifest.json").exists():
+        raise DataError(f"{shards} holds no manifest.json: point --shards at preshard's output folder")
+    runners = _part_runners(shards, out_dir, quick, device)
+    docs, seconds = {}, {}
+    for part in only or PARTS:
+        t0 = time.perf_counter()
+        docs[part] = runners[part]()
+        seconds[part] = time.perf_counter() - t0
+    import torch
+
+    on_gpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    summary = summarize(docs, on_gpu)
+    print_table("summary: measured vs the targets for one H100", ["measure", "value", "target (H100)", "met"],
+                [(r["measure"], r["value"], r["target (H100)"], {True: "yes", False: "no", None: "—"}[r["met"]])
+                 for r in summary],
+                caption=("" if on_gpu else "CPU run: targets are for one H100 and are not judged here; ")
+                + "parts ran for " + ", ".join(f"{p} {s:.0f} s" for p, s in seconds.items()))
+    results = {"summary": summary, "parts": {p: d.get("results") for p, d in docs.items()},
+               "part_settings": {p: d.get("settings") for p, d in docs.items()}, "seconds": seconds}
+    return save_json(json_path, "suite", results, {"shards": str(shards), "quick": quick, "parts": list(docs),
+                                                   "device": device})
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", default=None, help="preshard's output folder (default: generate a synthetic set)")
+    p.add_argument("--quick", action="store_true", help="a CPU smoke run of a minute or two")
+    p.add_argument("--json", default=None, help="write all results here")
+    p.add_argument("--out", default="bench_out", help="folder for the trace and generated data")
+    p.add_argument("--only", nargs="+", choices=PARTS, default=None, help="run only these parts")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    a = p.parse_args(argv)
+    run(a.shards, a.quick, a.json, a.out, a.only, a.device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
