@@ -39,7 +39,8 @@ def default_shards(out_dir: Path, quick: bool) -> Path:
     return shards
 
 
-def _part_runners(shards: Path, out_dir: Path, quick: bool, device: str | None) -> dict[str, Callable[[], dict]]:
+def _part_runners(shards: Path, out_dir: Path, quick: bool, device: str | None,
+                  batch_size: int | None) -> dict[str, Callable[[], dict]]:
     def call(module: str, *args, **kwargs) -> Callable[[], dict]:
         return lambda: importlib.import_module(f"bench.{module}").run(*args, **kwargs)
 
@@ -47,8 +48,8 @@ def _part_runners(shards: Path, out_dir: Path, quick: bool, device: str | None) 
         "loader": call("loader", shards, quick=quick),
         "loss": call("loss", quick=quick),
         "train_step": call("train_step", quick=quick, device=device),
-        "input": call("input_efficiency", shards, quick=quick, device=device),
-        "profile": call("profile", shards, quick=quick, out_dir=out_dir, device=device),
+        "input": call("input_efficiency", shards, quick=quick, device=device, batch_size=batch_size),
+        "profile": call("profile", shards, quick=quick, out_dir=out_dir, device=device, batch_size=batch_size),
     }
 
 
@@ -81,7 +82,8 @@ def summarize(docs: dict[str, dict[str, Any]], on_gpu: bool) -> list[dict[str, A
 
 
 def run(shards: str | Path | None = None, quick: bool = False, json_path: str | None = None,
-        out_dir: str | Path = "bench_out", only: list[str] | None = None, device: str | None = None) -> dict[str, Any]:
+        out_dir: str | Path = "bench_out", only: list[str] | None = None, device: str | None = None,
+        batch_size: int | None = None) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if shards is None:
@@ -89,7 +91,7 @@ def run(shards: str | Path | None = None, quick: bool = False, json_path: str | 
     shards = Path(shards)
     if not (shards / "manifest.json").exists():
         raise DataError(f"{shards} holds no manifest.json: point --shards at preshard's output folder")
-    runners = _part_runners(shards, out_dir, quick, device)
+    runners = _part_runners(shards, out_dir, quick, device, batch_size)
     docs, seconds = {}, {}
     for part in only or PARTS:
         t0 = time.perf_counter()
@@ -107,7 +109,7 @@ def run(shards: str | Path | None = None, quick: bool = False, json_path: str | 
     results = {"summary": summary, "parts": {p: d.get("results") for p, d in docs.items()},
                "part_settings": {p: d.get("settings") for p, d in docs.items()}, "seconds": seconds}
     return save_json(json_path, "suite", results, {"shards": str(shards), "quick": quick, "parts": list(docs),
-                                                   "device": device})
+                                                   "device": device, "batch_size": batch_size})
 
 
 @cli_entry
@@ -119,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench_out", help="folder for the trace and generated data")
     p.add_argument("--only", nargs="+", choices=PARTS, default=None, help="run only these parts")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="training batch of the input and profile parts (default: config.json's)")
     a = p.parse_args(argv)
-    run(a.shards, a.quick, a.json, a.out, a.only, a.device)
+    run(a.shards, a.quick, a.json, a.out, a.only, a.device, a.batch_size)
     return 0
 
 

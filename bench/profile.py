@@ -56,7 +56,8 @@ def merged_length(intervals: list[tuple[float, float]]) -> float:
 
 
 def run(shards: str | Path, quick: bool = False, out_dir: str | Path = "bench_out", json_path: str | None = None,
-        device: str | None = None, steps: int | None = None, top: int = 15, print_results: bool = True) -> dict[str, Any]:
+        device: str | None = None, steps: int | None = None, top: int = 15, batch_size: int | None = None,
+        print_results: bool = True) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile, schedule
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -64,7 +65,7 @@ def run(shards: str | Path, quick: bool = False, out_dir: str | Path = "bench_ou
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = steps or (3 if quick else 20)
     wait, warmup = (0, 1) if quick else (2, 3)
-    v, cfg = trainer_variant(device)
+    v, cfg = trainer_variant(device, batch_size)
     h = build_harness(v, device)
     loader = _loader(Path(shards), v, device, h.runtime.channels_last, cfg, "auto")
     if len(loader) < wait + warmup + steps:
@@ -105,7 +106,7 @@ def run(shards: str | Path, quick: bool = False, out_dir: str | Path = "bench_ou
 
     results = {"variant": v.label, "backend": loader.backend, "trace": str(trace_path), "steps": steps,
                "top": rows, "gpu": gpu, "sort_key": sort_key}
-    settings = {"shards": str(shards), "device": str(device), "quick": quick, "steps": steps,
+    settings = {"shards": str(shards), "device": str(device), "quick": quick, "steps": steps, "batch_size": v.batch_size,
                 "wait": wait, "warmup": warmup}
     if print_results:
         where = "GPU" if device.type == "cuda" else "CPU"
@@ -128,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench_out", help="folder for trace.json")
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="default: config.json's batch_size")
     a = p.parse_args(argv)
-    run(a.shards, a.quick, a.out, a.json, a.device, a.steps)
+    run(a.shards, a.quick, a.out, a.json, a.device, a.steps, batch_size=a.batch_size)
     return 0
 
 
