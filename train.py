@@ -176,7 +176,11 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
                 last_batch = i + 1 == steps_per_epoch
                 if step % cfg["log_interval"] == 0 or last_batch:
                     check_finite(epoch)
-                    loss, rec, kl = torch.stack([parts.loss, parts.rec, parts.kl]).float().tolist()  # the one sync
+                    logged = torch.stack([parts.loss, parts.rec, parts.kl]).float()
+                    if rt.distributed:  # the global batch's means, comparable to one process
+                        torch.distributed.all_reduce(logged)
+                        logged /= world_size
+                    loss, rec, kl = logged.tolist()  # the one sync per log interval
                     now = time.perf_counter()
                     ips = images_since_log / (now - t_log)
                     record = {"kind": "train", "step": step, "epoch": epoch + 1, "loss": loss, "rec": rec, "kl": kl,
@@ -242,6 +246,8 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
         console.print(f"[bold green]done:[/] {run_dir}")
     train_loader.close()
     val_loader.close()
+    if rt.distributed:
+        torch.distributed.barrier()  # rank 0 has written everything; tear down together
     return 0
 
 

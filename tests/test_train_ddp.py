@@ -1,0 +1,152 @@
+"""DDP: two gloo processes with batch B behave like one process with batch 2B.
+
+BatchNorm normalises each rank's own batch (SyncBatchNorm has no CPU kernel; see README), so the
+match is exact against a one-process emulation of per-rank BatchNorm and close — within a stated
+tolerance — to one process with the doubled batch and whole-batch BatchNorm.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_train import ROOT, SMALL, read_jsonl
+
+SMALL_CFG = dict(channels=(16, 32, 64, 128), latent_dim=32)
+STEPS, HALF = 3, 8
+
+
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    # SGD, not AdamW: Adam's m/sqrt(v) turns rounding noise in near-zero gradients into full-size
+    # steps, which would hide what this test checks (that DDP averages the ranks' gradients).
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def _batch() -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    # Smooth random images (low-res noise upsampled), so BatchNorm sees face-like statistics.
+    return torch.nn.functional.interpolate(torch.rand(2 * HALF, 3, 8, 8, generator=g), size=64, mode="bilinear")
+
+
+def _worker(rank: int, world: int, init_method: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from model.train_step import make_loss_fn, train_step
+    from model.vae import ConvVAE, VAEConfig
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = ConvVAE(VAEConfig(**SMALL_CFG))
+        ddp = DDP(model)
+        opt = _optimizer(model)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        x = _batch()[rank * HALF:(rank + 1) * HALF]
+        for step in range(STEPS):
+            torch.manual_seed(1000 * step + rank)  # this rank's eps
+            train_step(ddp, opt, scaler, x, torch.tensor(1.0), loss_fn=make_loss_fn("torch", False),
+                       autocast=contextlib.nullcontext(), grad_clip=1.0)
+        if rank == 0:
+            torch.save({k: v.detach().clone() for k, v in model.named_parameters()}, out)
+        dist.barrier()  # nobody tears gloo down while the other rank still talks to it
+    finally:
+        dist.destroy_process_group()
+
+
+def _single_process(per_rank_bn: bool) -> tuple[dict, dict]:
+    """Three steps in one process on the whole 2·HALF batch; with ``per_rank_bn`` each half goes through
+    its own forward (BatchNorm statistics per half, as on two ranks) and the gradients are averaged."""
+    from kernels import vae_loss
+    from model.vae import ConvVAE, VAEConfig
+
+    torch.manual_seed(0)
+    model = ConvVAE(VAEConfig(**SMALL_CFG))
+    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = _optimizer(model)
+    x = _batch()
+    for step in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        if per_rank_bn:
+            for r in range(2):
+                torch.manual_seed(1000 * step + r)
+                out = model(x[r * HALF:(r + 1) * HALF])
+                (vae_loss(out.logits, x[r * HALF:(r + 1) * HALF], out.kl, 1.0, impl="torch").loss / 2).backward()
+        else:
+            eps = []
+            for r in range(2):  # the same eps the two ranks draw
+                torch.manual_seed(1000 * step + r)
+                eps.append(torch.randn(HALF, SMALL_CFG["latent_dim"]))
+            out = model(x, torch.cat(eps))
+            vae_loss(out.logits, x, out.kl, 1.0, impl="torch").loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return init, {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process_with_double_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp.pt"
+    mp.start_processes(_worker, args=(2, f"tcp://127.0.0.1:{_free_port()}", str(out)), nprocs=2, join=True,
+                       start_method="spawn")
+    ddp = torch.load(out)
+
+    _, emulated = _single_process(per_rank_bn=True)
+    for k in ddp:
+        torch.testing.assert_close(ddp[k], emulated[k], rtol=1e-5, atol=1e-6, msg=k)
+
+    init, single = _single_process(per_rank_bn=False)
+    flat = lambda d: torch.cat([d[k].flatten() for k in sorted(d)])
+    moved = (flat(single) - flat(init)).norm()
+    gap = (flat(ddp) - flat(single)).norm()
+    # Whole-batch BatchNorm statistics differ from per-half ones: close, not equal.
+    assert gap < 0.25 * moved, (float(gap), float(moved))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_vs_one(shards_dir, tmp_path):
+    """The CLI under torchrun: rank 0 alone writes, the loader shards by rank, and validation/test
+    metrics agree with a one-process run of the doubled batch."""
+    common = ["--data", shards_dir, "--epochs", 1, *SMALL, "--log_interval", 1]
+    env = {**os.environ, "COLUMNS": "120", "OMP_NUM_THREADS": "1"}
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(ROOT / "train.py"), "--out", str(two),
+           *map(str, common), "--batch_size", "8"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("done:") == 1  # only rank 0 prints
+    one = tmp_path / "one"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--out", str(one), *map(str, common),
+                           "--batch_size", "16"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    r2, r1 = read_jsonl(two / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl")
+    train2, train1 = ([r for r in rs if r["kind"] == "train"] for rs in (r2, r1))
+    assert [r["step"] for r in train2] == [r["step"] for r in train1]  # one record per step, not one per rank
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    assert s2["world_size"] == 2 and s1["world_size"] == 1
+    assert s2["test"]["count"] == s1["test"]["count"]  # all ranks' test samples counted once
+    for kind in ("val", "test"):
+        e2 = next(r for r in r2 if r["kind"] == kind)["elbo"]
+        e1 = next(r for r in r1 if r["kind"] == kind)["elbo"]
+        assert e2 == pytest.approx(e1, rel=0.02), (kind, e2, e1)
+    mean = lambda rs: sum(r["loss"] for r in rs) / len(rs)
+    assert mean(train2) == pytest.approx(mean(train1), rel=0.05)
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
