@@ -205,3 +205,38 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(shards_dir, tmp
     bad_step = int(err.split("at step ")[1].split()[0])
     assert ck["step"] <= bad_step
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager(monkeypatch):
+    """torch.compile of the model and of the eager loss: same first-step loss and update as eager."""
+    import contextlib
+
+    from model.train_step import make_loss_fn, train_step
+    from model.vae import ConvVAE, VAEConfig
+
+    import torch._inductor.config as inductor_config
+
+    cfg = VAEConfig(image_size=16, channels=(8, 16), latent_dim=8)
+    # Inductor draws its own (equally valid) random numbers; use eager's so eps is the same.
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = ConvVAE(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        step_model = torch.compile(model) if compiled else model
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        beta = torch.zeros(())
+        losses = []
+        for step in range(2):
+            beta.fill_(0.5 * step)  # a changing β must not need a recompile
+            torch.manual_seed(step)
+            parts = train_step(step_model, opt, scaler, x, beta, loss_fn=make_loss_fn("torch", compiled),
+                               autocast=contextlib.nullcontext(), grad_clip=1.0)
+            losses.append(parts.loss.item())
+        results.append((losses, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (eager_losses, eager_params), (comp_losses, comp_params) = results
+    assert comp_losses == pytest.approx(eager_losses, rel=1e-4)
+    torch.testing.assert_close(comp_params, eager_params, rtol=1e-3, atol=1e-4)
