@@ -84,12 +84,13 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
 
     # ------------------------------------------------------------------ model
     raw = ConvVAE(VAEConfig.from_dict(cfg), loss_impl=impl)
+    n_params = count_parameters(raw)
+    # Counting FLOPs imports torch._dynamo (~1.5 s): only worth it where the MFU line is shown.
+    # Counted before SyncBatchNorm conversion: the probe runs on CPU, where SyncBatchNorm cannot.
+    flops_per_image = _train_flops_per_image(raw, cfg) if rt.device.type == "cuda" else None
     if rt.sync_batchnorm:
         raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw = raw.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
-    n_params = count_parameters(raw)
-    # Counting FLOPs imports torch._dynamo (~1.5 s): only worth it where the MFU line is shown.
-    flops_per_image = _train_flops_per_image(raw, cfg, rt) if rt.device.type == "cuda" else None
     model = raw
     if rt.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -251,7 +252,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
     return 0
 
 
-def _train_flops_per_image(raw: ConvVAE, cfg: dict, rt) -> int | None:
+def _train_flops_per_image(raw: ConvVAE, cfg: dict) -> int | None:
     """Counted forward+backward FLOPs per image, on a throwaway copy (the real model's BatchNorm
     statistics and RNG must not move: resume equivalence depends on it)."""
     try:
