@@ -66,14 +66,14 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
     rt = resolve_runtime(cfg, rank, local_rank, world_size)
     console = make_console(rt.is_main)
     ckpt_dir = run_dir / "checkpoints"
-    if rt.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     impl = resolve_impl(cfg["loss_impl"], rt.device)
     torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
 
     # ------------------------------------------------------------------ data
     shards = prepare_default_data(cfg, rt, console)
+    if rt.is_main:  # only once the data is known to be good: bad input leaves no half-made run dir
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     train_loader = open_loader(cfg, rt, shards, "train", train=True)
     val_loader = open_loader(cfg, rt, shards, "val")
     steps_per_epoch = len(train_loader)

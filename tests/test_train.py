@@ -157,7 +157,7 @@ def test_missing_or_empty_data_dir(tmp_path, capsys, make_dir, expect):
         data.mkdir()
     rc, err = _main(capsys, "--data", data, "--out", tmp_path / "run", *SMALL)
     assert rc == 2 and err.startswith("error:") and expect in err and str(data) in err
-    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("argv,expect", [
