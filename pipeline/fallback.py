@@ -9,6 +9,9 @@ process re-batches them into exact ``batch_size`` batches and applies the last-b
 """
 from __future__ import annotations
 
+import gc
+import sys
+import tarfile
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -57,7 +60,7 @@ class PartStream(IterableDataset):
                     flip = bool(self.flip and rng.random() < 0.5)
                     images.append(decode_crop_resize(data, self.crop, self.size, draft=self.draft, flip=flip))
                 except (OSError, ValueError, SyntaxError) as err:
-                    raise DataError(f"corrupt JPEG {key} in {shard.tar} ({err}): re-run preshard "
+                    raise DataError(f"corrupt JPEG {key} in {shard.tar} ({str(err).split(' <')[0]}): re-run preshard "
                                     f"(it validates every image)") from None
                 keys.append(key)
                 if len(images) == _CHUNK:
@@ -84,7 +87,16 @@ class PartStream(IterableDataset):
             with open(first.shard.tar, "rb") as fh:
                 fh.seek(first.offset - _TAR_HEADER)
                 got = 0
-                for member in tar_file_iterator(fh):
+                members = tar_file_iterator(fh)
+                while got < n:
+                    try:
+                        member = next(members)
+                    except StopIteration:
+                        break
+                    except (tarfile.TarError, OSError) as err:
+                        key = wanted[i + got].key
+                        raise DataError(f"shard {first.shard.tar} is unreadable at sample {key} "
+                                        f"({str(err).split(' @ ')[0]}): truncated or damaged; re-run preshard") from None
                     stem, _, ext = member["fname"].partition(".")
                     if ext != "jpg":
                         continue
@@ -94,8 +106,6 @@ class PartStream(IterableDataset):
                                         f"(found {stem!r} where the index has {expected.key!r}); re-run preshard")
                     yield stem, member["data"], first.shard
                     got += 1
-                    if got == n:
-                        break
                 if got < n:
                     raise DataError(f"shard {first.shard.tar} ends after {got} of the {n} samples its index promises "
                                     f"from {first.key} on: truncated; re-run preshard")
@@ -166,6 +176,10 @@ class WebDatasetLoader:
                             crop=self._crop, size=self._size, flip=self._flip, draft=self._draft)
         # Never more workers than samples: an idle worker would only cost a fork.
         workers = min(self._workers, self.plan.part)
+        if workers and "nvidia.dali" in sys.modules:
+            # A DALI pipeline left in cyclic garbage would be destroyed by the GC of a forked
+            # worker, where its threads are gone: it deadlocks. Collect it here, where they live.
+            gc.collect()
         chunks = DataLoader(stream, batch_size=None, num_workers=workers,
                             prefetch_factor=self._prefetch if workers else None)
         return self._batches(chunks)

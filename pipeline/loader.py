@@ -482,16 +482,17 @@ class DaliLoader:
         )
         self._order = order
         policy = LastBatchPolicy.FILL if self.plan.policy == "pad" else LastBatchPolicy.PARTIAL
+        failure = None
         try:
             # DROP is done here, not by DALI: its DROP skips padded leftovers wrongly across
             # epochs when ranks' parts differ in size; PARTIAL + counting is exact.
             self._iterator = DALIGenericIterator(pipe, output_names(self._with_keys), reader_name=READER_NAME,
                                                  last_batch_policy=policy, auto_reset=True)
         except RuntimeError as err:
-            explained = self._explain(err, batches_done=0)
-            if explained is err:
-                raise
-            raise explained from err
+            failure = self._explain(err, batches_done=0)
+        if failure is not None:
+            del pipe
+            raise failure
         self._pipe = pipe
         self._built_for = self._epoch
         self._clean = True
@@ -503,6 +504,7 @@ class DaliLoader:
         want = self.plan.num_batches
         done = 0
         it = self._iterator
+        out = None
         try:
             for out in it:
                 if done == want:
@@ -520,22 +522,34 @@ class DaliLoader:
                 else:
                     yield images
         except RuntimeError as err:
+            failure = self._explain(err, batches_done=done)
+        else:
+            failure = None
+        if failure is not None:
+            del it, out
             self.close()
-            explained = self._explain(err, batches_done=done)
-            if explained is err:
-                raise
-            raise explained from err
+            raise failure
         self._clean = True
         self._epoch += 1
 
     def _explain(self, err: RuntimeError, batches_done: int) -> BaseException:
-        """Turn DALI's 'Critical error in pipeline' into one DataError naming shard and key."""
+        """Turn DALI's 'Critical error in pipeline' into one DataError naming shard and key.
+
+        The result is chained to a traceback-free copy of DALI's error: the original's
+        traceback pins the dead pipeline, and a dead pipeline that is garbage-collected
+        inside a forked DataLoader worker deadlocks there (its threads do not exist).
+        """
         bs = self.plan.batch_size
         # Which samples may have been in flight: the failing batch, the prefetched ones,
         # and (when shuffling) whatever sat in the shuffle buffer.
         lead = SHUFFLE_BUFFER if self._shuffle else 0
         window = (max(0, batches_done * bs - 4 * lead), (batches_done + self._prefetch + 3) * bs + lead)
-        return explain_dali_error(err, self._order, self.plan, window) or err
+        explained = explain_dali_error(err, self._order, self.plan, window)
+        detached = RuntimeError(str(err))
+        if explained is None:
+            return detached
+        explained.__cause__ = detached
+        return explained
 
 
 _MALFORMED_INDEX = re.compile(r'Malformed index file at "(?P<index>[^"]+)" line (?P<line>\d+)')
@@ -558,8 +572,9 @@ def explain_dali_error(err: RuntimeError, order: Sequence[ShardFile], plan: Epoc
     if found:
         index = Path(found["index"])
         line = int(found["line"])
-        return DataError(f"index file {index} line {line} points past the end of {index.with_suffix('.tar')}: "
-                         f"the tar is truncated or was changed after indexing; {_PRESHARD_HINT}")
+        return DataError(f"shard {index.with_suffix('.tar')} ends before sample {_index_line_key(index, line)} "
+                         f"(line {line} of its index file): the tar is truncated or was changed after indexing; "
+                         f"{_PRESHARD_HINT}")
     found = _SOURCE_INFO.search(msg)
     if found:
         key = found["member"].split(".", 1)[0]
@@ -574,6 +589,19 @@ def explain_dali_error(err: RuntimeError, order: Sequence[ShardFile], plan: Epoc
         return DataError(f"DALI could not decode a JPEG of split {order[0].tar.parent.name!r} ({detail}), and PIL "
                          f"decodes all of them, so the culprit is unknown; {_PRESHARD_HINT}")
     return DataError(f"reading the shards of {order[0].tar.parent} failed in DALI ({detail}); {_PRESHARD_HINT}")
+
+
+def _index_line_key(index: Path, line: int) -> str:
+    """The sample key on 1-based ``line`` of a v1.2 index file (line 1 is the header), or '?'."""
+    try:
+        with open(index) as fh:
+            for n, text in enumerate(fh, start=1):
+                if n == line:
+                    names = [p for p in text.split() if "." in p]
+                    return names[0].split(".", 1)[0] if names else "?"
+    except OSError:
+        pass
+    return "?"
 
 
 def _dali_reason(msg: str) -> str:
@@ -594,11 +622,12 @@ def find_undecodable(samples: Sequence[IndexedSample], window: tuple[int, int]) 
 
     lo, hi = max(0, window[0]), min(len(samples), window[1])
     candidates = list(range(lo, hi)) + list(range(0, lo)) + list(range(hi, len(samples)))
-    if len(candidates) > hi - lo:
-        print(f"notice: locating the undecodable JPEG among {len(samples)} samples ...", file=sys.stderr)
     handles: dict[Path, object] = {}
     try:
-        for i in candidates:
+        for n, i in enumerate(candidates):
+            if n == hi - lo and n < len(candidates):
+                print(f"notice: searching all {len(samples)} samples of this rank for the undecodable JPEG ...",
+                      file=sys.stderr)
             s = samples[i]
             fh = handles.get(s.shard.tar) or handles.setdefault(s.shard.tar, open(s.shard.tar, "rb"))
             fh.seek(s.offset)

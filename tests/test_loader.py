@@ -1,0 +1,384 @@
+"""The loader contract on generated shards: output format, equivalence with a PIL reference,
+exact epoch accounting (ranks, last-batch policies, reshuffling), and one clear error per bad input.
+
+Both backends run everywhere (DALI decodes on the CPU here); the DALI-GPU variants run only
+where CUDA is present.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import make_loader
+from pipeline.errors import ConfigError, DataError
+from pipeline.loader import EpochPlan, part_samples, read_index, read_split
+from pipeline.transforms import crop_box, decode_crop_resize, reference_image
+
+BACKENDS = ["dali-cpu", "webdataset"]
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+
+
+def split_keys(shards, split):
+    s = read_split(shards, split)
+    return [x.key for x in part_samples(s.shards, 0, s.count)]
+
+
+def jpeg_bytes(shards, split):
+    s = read_split(shards, split)
+    out = {}
+    for x in part_samples(s.shards, 0, s.count):
+        with open(x.shard.tar, "rb") as fh:
+            fh.seek(x.offset)
+            out[x.key] = fh.read(x.size)
+    return out
+
+
+def epoch(loader):
+    """(keys, batch sizes) of one pass."""
+    keys, sizes = [], []
+    for images, k in loader:
+        assert images.shape[0] == len(k)
+        keys += k
+        sizes.append(len(k))
+    return keys, sizes
+
+
+def loader(shards, split, bs, backend, **kw):
+    kw.setdefault("num_threads", 1)
+    return make_loader(shards, split, bs, device="cpu", backend=backend, with_keys=True, **kw)
+
+
+# ----------------------------------------------------------------------------- output contract
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_loader_yields_every_sample_once_in_order(shards_dir, backend):
+    keys = split_keys(shards_dir, "val")
+    ld = loader(shards_dir, "val", 7, backend)
+    assert ld.backend == backend
+    assert len(ld) == -(-len(keys) // 7) and ld.num_samples == len(keys)
+    for _ in range(2):  # the second epoch reuses the DALI pipeline: same samples, same order
+        got, sizes = [], []
+        for images, k in ld:
+            assert images.dtype == torch.float32 and images.device.type == "cpu"
+            assert images.shape[1:] == (3, 64, 64) and images.is_contiguous()
+            assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+            got += k
+            sizes.append(images.shape[0])
+        assert got == keys
+        assert sizes == [7] * (len(keys) // 7) + ([len(keys) % 7] if len(keys) % 7 else [])
+    ld.close()
+
+
+def test_images_only_dtype_layout_and_size(shards_dir):
+    ld = make_loader(shards_dir, "test", 8, device="cpu", backend="dali-cpu", num_threads=1)
+    ref = next(iter(ld))
+    assert isinstance(ref, torch.Tensor)  # not a tuple without with_keys
+    for backend in BACKENDS:
+        half = make_loader(shards_dir, "test", 8, device="cpu", backend=backend, num_threads=1,
+                           dtype=torch.bfloat16, channels_last=True)
+        x = next(iter(half))
+        assert x.dtype == torch.bfloat16 and x.shape == ref.shape
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        tol = 2 / 255 if backend == "webdataset" else 1 / 128  # bf16 rounding (+ fallback resize differences)
+        assert (x.float() - ref).abs().mean() <= tol
+    small = make_loader(shards_dir, "test", 4, device="cpu", backend="dali-cpu", num_threads=1, size=32, crop=None,
+                        dtype=torch.float16)
+    y = next(iter(small))
+    assert y.shape == (4, 3, 32, 32) and y.dtype == torch.float16
+
+
+# ----------------------------------------------------------------------------- equivalence
+
+
+def _check_against_reference(ld, jpegs, crop=148, size=64, tol=2 / 255):
+    worst, seen = 0.0, 0
+    for images, keys in ld:
+        for img, key in zip(images, keys):
+            ref = torch.from_numpy(reference_image(jpegs[key], crop, size).copy()).permute(2, 0, 1).float() / 255
+            worst = max(worst, float((img.float().cpu() - ref).abs().mean()))
+            seen += 1
+    assert seen == len(jpegs)
+    assert worst <= tol, f"mean abs difference {worst * 255:.2f}/255 exceeds {tol * 255:.0f}/255"
+    return worst
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_pil_reference(shards_dir, backend):
+    jpegs = jpeg_bytes(shards_dir, "val")
+    worst = _check_against_reference(loader(shards_dir, "val", 16, backend), jpegs)
+    if backend == "dali-cpu":
+        assert worst <= 0.5 / 255  # same filter, same window: only rounding differs
+
+
+def test_fallback_without_draft_matches_reference_closely(shards_dir):
+    jpegs = jpeg_bytes(shards_dir, "test")
+    worst = _check_against_reference(loader(shards_dir, "test", 16, "webdataset", draft=False), jpegs)
+    assert worst <= 0.5 / 255
+
+
+@gpu
+def test_dali_gpu_matches_pil_reference(shards_dir):
+    jpegs = jpeg_bytes(shards_dir, "val")
+    ld = make_loader(shards_dir, "val", 16, device="cuda", backend="dali-gpu", with_keys=True)
+    assert ld.backend == "dali-gpu"
+    assert next(iter(ld))[0].device.type == "cuda"
+    _check_against_reference(ld, jpegs)
+
+
+def test_reference_geometry():
+    assert crop_box(178, 218, 148) == (15, 35, 163, 183)  # CelebA practice
+    assert crop_box(100, 80, 148) == (10, 0, 90, 80)  # clamped to the shorter side
+    assert crop_box(178, 218, None) == (0, 0, 178, 218)
+
+
+def test_flip_mirrors_some_images_and_only_mirrors(shards_dir):
+    plain = dict(zip(*epoch_images(loader(shards_dir, "val", 8, "dali-cpu"))))
+    for backend in BACKENDS:
+        flipped = dict(zip(*epoch_images(loader(shards_dir, "val", 8, backend, flip=True, seed=3))))
+        n_flipped = 0
+        for key, img in flipped.items():
+            same = float((img - plain[key]).abs().mean())
+            mirrored = float((img - plain[key].flip(-1)).abs().mean())
+            assert min(same, mirrored) <= 2 / 255
+            n_flipped += mirrored < same
+        assert 0 < n_flipped < len(flipped)
+
+
+def epoch_images(ld):
+    keys, images = [], []
+    for x, k in ld:
+        keys += k
+        images += list(x)
+    return keys, images
+
+
+# ----------------------------------------------------------------------------- epoch accounting
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_epochs_reshuffle_and_set_epoch_replays(shards_dir, backend):
+    keys = set(split_keys(shards_dir, "train"))
+    bs = 16
+    ld = loader(shards_dir, "train", bs, backend, seed=5)
+    assert len(ld) == len(keys) // bs and ld.num_samples == len(ld) * bs
+    e0, sizes = epoch(ld)
+    e1, _ = epoch(ld)
+    assert sizes == [bs] * len(ld)  # drop_last: only full batches
+    for e in (e0, e1):
+        assert len(e) == len(set(e)) == len(ld) * bs and set(e) <= keys
+    assert e0 != e1  # reshuffled
+    ld.set_epoch(0)
+    assert epoch(ld)[0] == e0  # an epoch's order depends only on (seed, epoch)
+    assert ld.epoch == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_partition_the_split(shards_dir, backend, world):
+    keys = split_keys(shards_dir, "val")
+    n, bs = len(keys), 3
+    seen = []
+    for rank in range(world):
+        ld = loader(shards_dir, "val", bs, backend, rank=rank, world_size=world)
+        e, sizes = epoch(ld)
+        assert len(sizes) == len(ld) and len(e) == ld.num_samples
+        assert all(s == bs for s in sizes[:-1])
+        seen += e
+        if backend == "dali-cpu":  # pipeline reused for the next epoch: the same part again
+            assert epoch(ld)[0] == e
+    assert sorted(seen) == sorted(keys) and len(seen) == n
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_drop_and_pad_give_equal_full_batches_on_every_rank(shards_dir, backend):
+    keys = split_keys(shards_dir, "test")
+    world, bs = 3, 4
+    plans = [EpochPlan(bs, "drop", r, world, len(keys)) for r in range(world)]
+    for policy in ("drop", "pad"):
+        counts, seen = set(), []
+        for rank in range(world):
+            ld = loader(shards_dir, "test", bs, backend, rank=rank, world_size=world, shuffle=True,
+                        drop_last=policy == "drop", pad_last=policy == "pad")
+            for _ in range(2):  # twice: the second epoch must account exactly like the first
+                e, sizes = epoch(ld)
+                assert sizes == [bs] * len(ld)
+                counts.add(len(ld))
+            distinct = set(e)
+            if policy == "pad":
+                assert len(distinct) == ld.num_samples == plans[rank].part
+            else:
+                assert len(e) == len(distinct) == ld.num_samples
+            seen += sorted(distinct)
+        assert len(counts) == 1  # same batch count on every rank: DDP never waits
+        assert len(seen) == len(set(seen))
+        if policy == "pad":
+            assert sorted(seen) == sorted(keys)
+
+
+def test_epoch_plan_arithmetic():
+    # 13 samples over 3 ranks → parts 4, 4, 5 (DALI's split)
+    plans = [EpochPlan(4, p, r, 3, 13) for p in ("drop", "partial", "pad") for r in range(3)]
+    assert [p.part for p in plans[:3]] == [4, 4, 5]
+    assert [p.num_batches for p in plans] == [1, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert [p.num_samples for p in plans] == [4, 4, 4, 4, 4, 5, 4, 4, 5]
+
+
+def test_abandoned_epoch_restarts_cleanly(shards_dir):
+    keys = split_keys(shards_dir, "val")
+    ld = loader(shards_dir, "val", 4, "dali-cpu")
+    it = iter(ld)
+    next(it)
+    next(it)
+    assert epoch(ld)[0] == keys  # a fresh pass starts at the beginning, no sample lost
+    assert ld.epoch == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def shards_copy(shards_dir, tmp_path):
+    dst = tmp_path / "shards"
+    shutil.copytree(shards_dir, dst)
+    return dst
+
+
+def _one_line(err):
+    msg = str(err.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_jpeg_names_shard_and_key(shards_copy, backend):
+    split = read_split(shards_copy, "train")
+    shard = split.shards[-1]
+    victim = read_index(shard)[3]
+    with open(shard.tar, "r+b") as fh:  # same size, so the manifest check passes
+        fh.seek(victim.offset)
+        fh.write(b"\0" * 64)
+    with pytest.raises(DataError) as err:
+        for _ in loader(shards_copy, "train", 8, backend, shuffle=backend == "dali-cpu"):
+            pass
+    msg = _one_line(err)
+    assert f"corrupt JPEG {victim.key}" in msg and shard.tar.name in msg and "re-run preshard" in msg
+
+
+def test_truncated_tar_is_caught_up_front(shards_copy):
+    shard = read_split(shards_copy, "val").shards[0]
+    os.truncate(shard.tar, shard.bytes // 2)
+    with pytest.raises(DataError) as err:
+        loader(shards_copy, "val", 4, "dali-cpu")
+    assert shard.tar.name in _one_line(err) and "truncated" in str(err.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_truncated_tar_with_matching_manifest_names_shard(shards_copy, backend):
+    """A tar cut short after the manifest was written to match: DALI's 'Malformed index' path."""
+    manifest_path = shards_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["splits"]["train"]["shards"][0]
+    tar = shards_copy / entry["path"]
+    os.truncate(tar, entry["bytes"] // 2)
+    entry["bytes"] = entry["bytes"] // 2
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DataError) as err:
+        for _ in loader(shards_copy, "train", 8, backend, shuffle=False):
+            pass
+    msg = _one_line(err)
+    shard = read_split(shards_copy, "train").shards[0]
+    first_cut = next(s for s in read_index(shard) if s.offset + s.size > entry["bytes"])
+    assert tar.name in msg and first_cut.key in msg and "re-run preshard" in msg
+
+
+def test_missing_index_manifest_and_empty_split(shards_copy, tmp_path):
+    idx = read_split(shards_copy, "val").shards[0].index
+    idx.unlink()
+    with pytest.raises(DataError, match="missing index file") as err:
+        loader(shards_copy, "val", 4, "dali-cpu")
+    assert idx.name in _one_line(err)
+
+    manifest_path = shards_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["splits"]["test"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="split 'test' is empty"):
+        loader(shards_copy, "test", 4, "webdataset")
+
+    manifest_path.unlink()
+    with pytest.raises(DataError, match="no manifest.json"):
+        loader(shards_copy, "train", 4, "dali-cpu")
+    with pytest.raises(DataError, match="does not exist"):
+        loader(tmp_path / "nowhere", "train", 4, "dali-cpu")
+
+
+def test_index_count_mismatch(shards_copy):
+    idx = read_split(shards_copy, "val").shards[0].index
+    lines = idx.read_text().splitlines()
+    idx.write_text("\n".join([f"v1.2 {int(lines[0].split()[1]) + 1}"] + lines[1:]) + "\n")
+    with pytest.raises(DataError, match="lists .* samples, manifest.json says"):
+        loader(shards_copy, "val", 4, "dali-cpu")
+
+
+def test_bad_options_are_config_errors(shards_dir):
+    n_train = read_split(shards_dir, "train").count
+    cases = [
+        dict(split="train", batch_size=0),
+        dict(split="train", batch_size=n_train + 1),  # drop_last leaves no batch
+        dict(split="validation", batch_size=4),
+        dict(split="val", batch_size=4, backend="magic"),
+        dict(split="val", batch_size=4, drop_last=True, pad_last=True),
+        dict(split="val", batch_size=4, rank=2, world_size=2),
+        dict(split="val", batch_size=4, dtype=torch.int64),
+    ]
+    for case in cases:
+        kw = dict(case)
+        with pytest.raises(ConfigError):
+            make_loader(shards_dir, kw.pop("split"), kw.pop("batch_size"), device="cpu", **kw)
+    if not CUDA:
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            make_loader(shards_dir, "val", 4, device="cuda")
+
+
+def test_auto_falls_back_to_webdataset_with_one_notice(shards_dir, monkeypatch, capsys):
+    import pipeline.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "dali_import_error", lambda: "ModuleNotFoundError: No module named 'nvidia'")
+    ld = make_loader(shards_dir, "val", 4, device="cpu", num_threads=0)
+    assert ld.backend == "webdataset"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "webdataset" in err[0]
+    with pytest.raises(ConfigError, match="needs NVIDIA DALI"):
+        make_loader(shards_dir, "val", 4, device="cpu", backend="dali")
+
+
+def test_default_backend_is_dali(shards_dir):
+    ld = make_loader(shards_dir, "val", 4, num_threads=1)
+    assert ld.backend == ("dali-gpu" if CUDA else "dali-cpu")
+
+
+def test_draft_decode_stays_close_to_full_decode(shards_dir):
+    jpegs = list(jpeg_bytes(shards_dir, "test").values())[:10]
+    for data in jpegs:
+        full = decode_crop_resize(data).astype(np.float32)
+        draft = decode_crop_resize(data, draft=True).astype(np.float32)
+        assert np.abs(full - draft).mean() <= 2.0
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_fallback_workers_neither_duplicate_nor_lose(shards_dir, workers):
+    keys = split_keys(shards_dir, "val")
+    ld = loader(shards_dir, "val", 5, "webdataset", num_threads=workers)
+    got, sizes = epoch(ld)
+    assert got == keys if workers == 0 else sorted(got) == sorted(keys)
+    assert sizes[:-1] == [5] * (len(sizes) - 1) and len(sizes) == len(ld)
+    train = loader(shards_dir, "train", 8, "webdataset", num_threads=workers, rank=1, world_size=2)
+    e, sizes = epoch(train)
+    assert len(e) == len(set(e)) == train.num_samples and sizes == [8] * len(train)
