@@ -37,6 +37,7 @@ def celeba_pipeline(
     half: bool = False,
     channels_last: bool = False,
     with_keys: bool = False,
+    roi_decode: bool = True,
 ):
     """Images (and optionally source-info bytes) for one rank's part of one split.
 
@@ -59,6 +60,9 @@ def celeba_pipeline(
     )
     if crop is None:
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+    elif not roi_decode:  # the slower way, kept for the benchmark's ablation
+        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+        images = fn.crop(images, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5, out_of_bounds_policy="trim_to_shape")
     else:
         # Clamp the window to the image so other image sizes still work; the crop is
         # decoded directly (ROI decode), never the full frame.

@@ -372,6 +372,7 @@ def test_draft_decode_stays_close_to_full_decode(shards_dir):
         assert np.abs(full - draft).mean() <= 2.0
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("workers", [0, 3])
 def test_fallback_workers_neither_duplicate_nor_lose(shards_dir, workers):
     keys = split_keys(shards_dir, "val")

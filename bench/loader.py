@@ -1,0 +1,236 @@
+"""Loader throughput: images/s per decode path, on preshard's shards.
+
+``python -m bench.loader --shards DIR [--json OUT] [--epochs N] [--quick]``
+
+Every configuration reads the whole train split into training-ready batches (float
+3×64×64 in [0, 1] on the device), one untimed warm-up epoch first, then the median of
+``--epochs`` timed epochs. Paths: DALI-GPU (nvJPEG, if CUDA), DALI-CPU with 1, 2 and N
+threads, torchvision ``decode_jpeg(device="cuda")`` batch decode (if torchvision and CUDA),
+webdataset+PIL with 0, 1, 2 and N DataLoader workers; plus two ablations of the CPU
+tricks (DALI ROI decode vs full decode, PIL DCT-domain draft vs full decode).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from bench.common import median, print_table, save_json, sync
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _counts(n: int) -> list[int]:
+    """1, 2, N without repeats (N = available cores)."""
+    return sorted({1, 2, n})
+
+
+def time_epochs(make_epoch: Callable[[], int], epochs: int, device: torch.device) -> dict[str, Any]:
+    """Warm-up epoch, then ``epochs`` timed ones; images/s from the median epoch time."""
+    make_epoch()
+    sync(device)
+    seconds, images = [], 0
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        images = make_epoch()
+        sync(device)
+        seconds.append(time.perf_counter() - t0)
+    med = median(seconds)
+    return {"images": images, "epoch_s": med, "images_per_s": images / med,
+            "images_per_s_range": [images / max(seconds), images / min(seconds)]}
+
+
+def _loader_epoch(loader) -> Callable[[], int]:
+    def run() -> int:
+        n = 0
+        for images in loader:
+            n += images.shape[0]
+        return n
+
+    return run
+
+
+def _dali_pipeline_epoch(shards: Path, batch_size: int, threads: int, roi_decode: bool) -> Callable[[], int]:
+    """The raw DALI-CPU graph (no PyTorch hand-over) with or without ROI decode: the ablation."""
+    from pipeline.dali_pipeline import celeba_pipeline
+    from pipeline.loader import read_split
+
+    split = read_split(shards, "train")
+    pipe = celeba_pipeline([str(s.tar) for s in split.shards], [str(s.index) for s in split.shards],
+                           roi_decode=roi_decode, batch_size=batch_size, num_threads=threads, device_id=None,
+                           prefetch_queue_depth=2, seed=0)
+    pipe.build()
+    batches = split.count // batch_size
+
+    def run() -> int:
+        for _ in range(batches):
+            pipe.run()
+        return batches * batch_size
+
+    return run
+
+
+def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int) -> Callable[[], int]:
+    """torchvision's batched nvJPEG decode on the GPU, then crop + antialiased resize in torch."""
+    import torch.nn.functional as F
+    import torchvision
+    from torchvision.io import decode_jpeg
+
+    from pipeline.loader import part_samples, read_split
+    from pipeline.transforms import crop_box
+
+    split = read_split(shards, "train")
+    samples = part_samples(split.shards, 0, split.count)
+    handles = {s.tar: open(s.tar, "rb") for s in split.shards}
+    del torchvision  # imported only to fail early when absent
+
+    def read(s) -> torch.Tensor:
+        fh = handles[s.shard.tar]
+        fh.seek(s.offset)
+        return torch.frombuffer(bytearray(fh.read(s.size)), dtype=torch.uint8)
+
+    def run() -> int:
+        n = 0
+        for i in range(0, len(samples) - batch_size + 1, batch_size):
+            decoded = decode_jpeg([read(s) for s in samples[i:i + batch_size]], device="cuda")
+            crops = []
+            for img in decoded:
+                left, top, right, bottom = crop_box(img.shape[2], img.shape[1], crop)
+                crops.append(img[:, top:bottom, left:right])
+            batch = torch.stack(crops).float().div_(255)
+            batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            n += batch.shape[0]
+        return n
+
+    return run
+
+
+def configurations(shards: Path, device: torch.device, batch_size: int, cores: int,
+                   quick: bool) -> Iterable[tuple[str, str, int | None, Callable[[], Callable[[], int]] | None, str]]:
+    """(name, path, threads/workers, factory of an epoch function or None, note)."""
+    from pipeline import make_loader
+    from pipeline.loader import dali_import_error
+
+    def loader(backend: str, threads: int | None, **kw):
+        return lambda: _loader_epoch(make_loader(shards, "train", batch_size, device=device, backend=backend,
+                                                 num_threads=threads, **kw))
+
+    dali = dali_import_error() is None
+    cuda = device.type == "cuda"
+    yield ("default (auto)", "auto", None, loader("auto", None), "make_loader's defaults")
+    if cuda and dali:
+        yield ("DALI-GPU", "dali-gpu", None, loader("dali-gpu", None), "nvJPEG, mixed decode")
+    else:
+        yield ("DALI-GPU", "dali-gpu", None, None, "skipped: " + ("no CUDA" if not cuda else "DALI not importable"))
+    for t in _counts(cores):
+        yield (f"DALI-CPU {t} thr", "dali-cpu", t, loader("dali-cpu", t) if dali else None,
+               "" if dali else "skipped: DALI not importable")
+    tv_note = ""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        tv_note = "skipped: torchvision not installed"
+    if not tv_note and not cuda:
+        tv_note = "skipped: needs CUDA"
+    yield ("torchvision GPU decode", "torchvision", None,
+           None if tv_note else (lambda: _torchvision_epoch(shards, batch_size, 148, 64)), tv_note or "decode_jpeg(cuda)")
+    for w in sorted({0, 1, 2, cores}):
+        yield (f"webdataset+PIL {w} wkr", "webdataset", w, loader("webdataset", w), "PIL draft (DCT-domain) on")
+    if not quick:
+        best = min(2, cores)
+        yield (f"ablation: webdataset+PIL {best} wkr, no draft", "webdataset", best,
+               loader("webdataset", best, draft=False), "full-size decode")
+        if dali:
+            yield (f"ablation: DALI-CPU graph {best} thr, ROI decode", "dali-cpu", best,
+                   lambda: _dali_pipeline_epoch(shards, batch_size, best, True), "pipe.run(), no torch hand-over")
+            yield (f"ablation: DALI-CPU graph {best} thr, full decode", "dali-cpu", best,
+                   lambda: _dali_pipeline_epoch(shards, batch_size, best, False), "pipe.run(), no torch hand-over")
+
+
+def run(shards: str | os.PathLike, quick: bool = False, json_path: str | os.PathLike | None = None, *,
+        epochs: int | None = None, batch_size: int = 256, device: str | None = None,
+        only: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure every configuration; print a table; return (and optionally save) the JSON document."""
+    from rich.console import Console
+
+    from pipeline.loader import read_split, resolve_device
+
+    console = Console()
+    shards = Path(shards)
+    dev = resolve_device(device)
+    epochs = epochs or (1 if quick else 3)
+    count = read_split(shards, "train").count
+    batch_size = min(batch_size, count)
+    cores = _cores()
+    rows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
+    for name, path, threads, factory, note in configurations(shards, dev, batch_size, cores, quick):
+        if only and not any(o in name for o in only):
+            continue
+        row: dict[str, Any] = {"name": name, "path": path, "threads": threads, "note": note}
+        if factory is None:
+            row["images_per_s"] = None
+        else:
+            console.print(f"[dim]measuring {name} ...[/]")
+            row.update(time_epochs(factory(), epochs, dev))
+        rows.append(row)
+    load_after = os.getloadavg()
+
+    measured = {r["name"]: r["images_per_s"] for r in rows if r.get("images_per_s")}
+    best_wds = max((v for k, v in measured.items() if k.startswith("webdataset")), default=None)
+    cpu_loaders = [v for k, v in measured.items() if k.startswith(("webdataset", "DALI-CPU"))]
+    results = {
+        "rows": rows,
+        "train_images": count,
+        "default_images_per_s": measured.get("default (auto)"),
+        "best_webdataset_images_per_s": best_wds,
+        "default_vs_best_webdataset": (measured["default (auto)"] / best_wds
+                                       if best_wds and "default (auto)" in measured else None),
+        "dali_gpu_vs_best_cpu_loader": (measured["DALI-GPU"] / max(cpu_loaders)
+                                        if "DALI-GPU" in measured and cpu_loaders else None),
+        "load_average_before_after": [load_before[0], load_after[0]],
+    }
+    default = measured.get("default (auto)")
+    print_table(
+        f"Loader throughput, train split ({count} images, batch {batch_size}, device {dev}, {cores} cores)",
+        ["path", "threads/workers", "images/s", "epoch s", "vs default", "note"],
+        [(r["name"], r["threads"], r.get("images_per_s"), r.get("epoch_s"),
+          (r["images_per_s"] / default) if r.get("images_per_s") and default else None, r["note"]) for r in rows],
+        caption=f"median of {epochs} epoch(s) after a warm-up epoch; 1-min load average "
+                f"{load_before[0]:.2f} → {load_after[0]:.2f}",
+    )
+    settings = {"shards": str(shards), "quick": quick, "epochs": epochs, "batch_size": batch_size,
+                "device": str(dev), "cores": cores}
+    return save_json(json_path, "loader", results, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.errors import cli_entry
+
+    parser = argparse.ArgumentParser(prog="python -m bench.loader", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", required=True, help="preshard's output folder")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--epochs", type=int, default=None, help="timed epochs per configuration (default 3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="one timed epoch, no ablations")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only configurations whose name contains one of these")
+    args = parser.parse_args(argv)
+
+    @cli_entry
+    def _run() -> int:
+        run(args.shards, args.quick, args.json, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+            only=args.only)
+        return 0
+
+    return _run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
