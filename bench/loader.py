@@ -4,7 +4,8 @@
 
 Every configuration reads the whole train split into training-ready batches (float
 3×64×64 in [0, 1] on the device), one untimed warm-up epoch first, then the median of
-``--epochs`` timed epochs. Paths: DALI-GPU (nvJPEG, if CUDA), DALI-CPU with 1, 2 and N
+``--epochs`` timed epochs, taken in interleaved rounds (one epoch of each configuration
+per round) so that load from other processes is shared fairly. Paths: DALI-GPU (nvJPEG, if CUDA), DALI-CPU with 1, 2 and N
 threads, torchvision ``decode_jpeg(device="cuda")`` batch decode (if torchvision and CUDA),
 webdataset+PIL with 0, 1, 2 and N DataLoader workers; plus two ablations of the CPU
 tricks (DALI ROI decode vs full decode, PIL DCT-domain draft vs full decode).
@@ -31,19 +32,32 @@ def _counts(n: int) -> list[int]:
     return sorted({1, 2, n})
 
 
-def time_epochs(make_epoch: Callable[[], int], epochs: int, device: torch.device) -> dict[str, Any]:
-    """Warm-up epoch, then ``epochs`` timed ones; images/s from the median epoch time."""
-    make_epoch()
-    sync(device)
-    seconds, images = [], 0
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        images = make_epoch()
+def time_interleaved(epoch_fns: dict[str, Callable[[], int]], epochs: int, device: torch.device,
+                     progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """One untimed warm-up epoch each, then ``epochs`` rounds timing one epoch of every
+    configuration in turn: load from other processes drifts over minutes, and interleaving
+    spreads it over all rows instead of penalising whichever ran at the busy moment."""
+    for name, fn in epoch_fns.items():
+        if progress:
+            progress(f"warm-up: {name}")
+        fn()
         sync(device)
-        seconds.append(time.perf_counter() - t0)
-    med = median(seconds)
-    return {"images": images, "epoch_s": med, "images_per_s": images / med,
-            "images_per_s_range": [images / max(seconds), images / min(seconds)]}
+    seconds: dict[str, list[float]] = {name: [] for name in epoch_fns}
+    images: dict[str, int] = {}
+    for r in range(epochs):
+        for name, fn in epoch_fns.items():
+            if progress:
+                progress(f"round {r + 1}/{epochs}: {name}")
+            t0 = time.perf_counter()
+            images[name] = fn()
+            sync(device)
+            seconds[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, secs in seconds.items():
+        med = median(secs)
+        out[name] = {"images": images[name], "epoch_s": med, "images_per_s": images[name] / med,
+                     "images_per_s_range": [images[name] / max(secs), images[name] / min(secs)]}
+    return out
 
 
 def _loader_epoch(loader) -> Callable[[], int]:
@@ -169,17 +183,18 @@ def run(shards: str | os.PathLike, quick: bool = False, json_path: str | os.Path
     batch_size = min(batch_size, count)
     cores = _cores()
     rows: list[dict[str, Any]] = []
+    epoch_fns: dict[str, Callable[[], int]] = {}
     load_before = os.getloadavg()
     for name, path, threads, factory, note in configurations(shards, dev, batch_size, cores, quick):
         if only and not any(o in name for o in only):
             continue
-        row: dict[str, Any] = {"name": name, "path": path, "threads": threads, "note": note}
-        if factory is None:
-            row["images_per_s"] = None
-        else:
-            console.print(f"[dim]measuring {name} ...[/]")
-            row.update(time_epochs(factory(), epochs, dev))
-        rows.append(row)
+        rows.append({"name": name, "path": path, "threads": threads, "note": note, "images_per_s": None})
+        if factory is not None:
+            epoch_fns[name] = factory()
+    with console.status("measuring") as status:
+        timings = time_interleaved(epoch_fns, epochs, dev, progress=lambda msg: status.update(f"measuring {msg}"))
+    for row in rows:
+        row.update(timings.get(row["name"], {}))
     load_after = os.getloadavg()
 
     measured = {r["name"]: r["images_per_s"] for r in rows if r.get("images_per_s")}
@@ -202,7 +217,7 @@ def run(shards: str | os.PathLike, quick: bool = False, json_path: str | os.Path
         ["path", "threads/workers", "images/s", "epoch s", "vs default", "note"],
         [(r["name"], r["threads"], r.get("images_per_s"), r.get("epoch_s"),
           (r["images_per_s"] / default) if r.get("images_per_s") and default else None, r["note"]) for r in rows],
-        caption=f"median of {epochs} epoch(s) after a warm-up epoch; 1-min load average "
+        caption=f"median of {epochs} interleaved epoch(s) after a warm-up epoch each; 1-min load average "
                 f"{load_before[0]:.2f} → {load_after[0]:.2f}",
     )
     settings = {"shards": str(shards), "quick": quick, "epochs": epochs, "batch_size": batch_size,

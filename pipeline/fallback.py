@@ -225,6 +225,9 @@ class WebDatasetLoader:
                 done += 1
                 yield self._emit(rest, keys)
                 rest, keys = rest[:0], []
+        if done < want:  # never hand out a silently short epoch
+            raise DataError(f"the shards of split {self.split.split!r} gave {done} of the {want} batches their index "
+                            f"files promise for rank {self.plan.rank}; re-run preshard")
         self._epoch += 1
 
     def _emit(self, images: np.ndarray, keys: list[str]):

@@ -530,6 +530,10 @@ class DaliLoader:
             del it, out
             self.close()
             raise failure
+        if done < want:  # never hand out a silently short epoch
+            self.close()
+            raise DataError(f"the shards of split {self.split.split!r} gave {done} of the {want} batches their index "
+                            f"files promise for rank {self.plan.rank}; {_PRESHARD_HINT}")
         self._clean = True
         self._epoch += 1
 
