@@ -93,7 +93,6 @@ def _dali_pipeline_epoch(shards: Path, batch_size: int, threads: int, roi_decode
 def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int) -> Callable[[], int]:
     """torchvision's batched nvJPEG decode on the GPU, then crop + antialiased resize in torch."""
     import torch.nn.functional as F
-    import torchvision
     from torchvision.io import decode_jpeg
 
     from pipeline.loader import part_samples, read_split
@@ -102,7 +101,6 @@ def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int) -> C
     split = read_split(shards, "train")
     samples = part_samples(split.shards, 0, split.count)
     handles = {s.tar: open(s.tar, "rb") for s in split.shards}
-    del torchvision  # imported only to fail early when absent
 
     def read(s) -> torch.Tensor:
         fh = handles[s.shard.tar]
