@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import DataError
-from .loader import (SHUFFLE_BUFFER, EpochPlan, IndexedSample, ShardFile, SplitShards, epoch_seed,
+from .loader import (SHUFFLE_BUFFER, EpochPlan, IndexedSample, LoaderBase, ShardFile, SplitShards, epoch_seed,
                      epoch_shard_order, finish_batch, part_samples)
 from .transforms import decode_crop_resize
 
@@ -135,47 +135,15 @@ def _as_is(chunk):
     return chunk
 
 
-class WebDatasetLoader:
-    """webdataset + PIL + DataLoader workers behind the loader contract (see :mod:`pipeline.loader`)."""
+class WebDatasetLoader(LoaderBase):
+    """webdataset + PIL + DataLoader workers behind the loader contract (see :mod:`pipeline.loader`).
+    Workers live only while an epoch is being iterated, so there is nothing to release in close()."""
 
     backend = "webdataset"
 
-    def __init__(self, *, split: SplitShards, plan: EpochPlan, device: torch.device, shuffle: bool, with_keys: bool,
-                 flip: bool, crop: int | None, size: int, dtype: torch.dtype, channels_last: bool, prefetch: int,
-                 seed: int, num_workers: int, draft: bool) -> None:
-        self.split, self.plan, self.device = split, plan, device
-        self._shuffle, self._with_keys, self._flip = shuffle, with_keys, flip
-        self._crop, self._size, self._dtype, self._channels_last = crop, size, dtype, channels_last
-        self._prefetch, self._seed, self._workers, self._draft = prefetch, seed, num_workers, draft
-        self._epoch = 0
-
-    @property
-    def num_samples(self) -> int:
-        return self.plan.num_samples
-
-    @property
-    def batch_size(self) -> int:
-        return self.plan.batch_size
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def __len__(self) -> int:
-        return self.plan.num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass epoch ``epoch`` (its shuffle order depends only on seed and epoch)."""
-        self._epoch = int(epoch)
-
-    def close(self) -> None:
-        """Nothing to release: workers live only while an epoch is being iterated."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __init__(self, *, num_workers: int, draft: bool, **settings) -> None:
+        super().__init__(**settings)
+        self._workers, self._draft = num_workers, draft
 
     def __iter__(self) -> Iterator:
         order = epoch_shard_order(self.split, self._seed, self._epoch, self._shuffle)

@@ -403,27 +403,22 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 # ----------------------------------------------------------------------------- DALI backend
 
 
-class DaliLoader:
-    """DALI pipeline + ``DALIGenericIterator`` behind the loader contract (see module doc)."""
+class LoaderBase:
+    """What every backend shares: its settings, the epoch plan and the contract around them.
 
-    def __init__(self, *, split: SplitShards, plan: EpochPlan, device: torch.device, decode_on_gpu: bool,
-                 shuffle: bool, with_keys: bool, flip: bool, crop: int | None, size: int, dtype: torch.dtype,
-                 channels_last: bool, num_threads: int, prefetch: int, seed: int) -> None:
-        self.split = split
-        self.plan = plan
-        self.device = device
-        self.backend = "dali-gpu" if decode_on_gpu else "dali-cpu"
+    Subclasses set ``backend`` and implement ``__iter__`` (one epoch per pass)."""
+
+    backend: str
+
+    def __init__(self, *, split: SplitShards, plan: EpochPlan, device: torch.device, shuffle: bool, with_keys: bool,
+                 flip: bool, crop: int | None, size: int, dtype: torch.dtype, channels_last: bool, prefetch: int,
+                 seed: int) -> None:
+        self.split, self.plan, self.device = split, plan, device
         self._shuffle, self._with_keys, self._flip = shuffle, with_keys, flip
         self._crop, self._size, self._dtype, self._channels_last = crop, size, dtype, channels_last
-        self._threads, self._prefetch, self._seed = num_threads, prefetch, seed
+        self._prefetch, self._seed = prefetch, seed
         self._epoch = 0
-        self._iterator = None
-        self._pipe = None
-        self._built_for: int | None = None
-        self._clean = False  # the iterator sits at an epoch boundary and can be reused
-        self._build()  # fail fast (bad tars, dead pipelines) at construction, not mid-training
 
-    # -- contract -------------------------------------------------------------------------
     @property
     def num_samples(self) -> int:
         return self.plan.num_samples
@@ -444,16 +439,33 @@ class DaliLoader:
         self._epoch = int(epoch)
 
     def close(self) -> None:
-        """Release the pipeline (and its GPU memory)."""
-        self._iterator = None
-        self._pipe = None
-        self._built_for = None
+        """Release what the backend holds between epochs (nothing, unless overridden)."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class DaliLoader(LoaderBase):
+    """DALI pipeline + ``DALIGenericIterator`` behind the loader contract (see module doc)."""
+
+    def __init__(self, *, decode_on_gpu: bool, num_threads: int, **settings) -> None:
+        super().__init__(**settings)
+        self.backend = "dali-gpu" if decode_on_gpu else "dali-cpu"
+        self._threads = num_threads
+        self._iterator = None
+        self._pipe = None
+        self._built_for: int | None = None
+        self._clean = False  # the iterator sits at an epoch boundary and can be reused
+        self._build()  # fail fast (bad tars, dead pipelines) at construction, not mid-training
+
+    def close(self) -> None:
+        """Release the pipeline (and its GPU memory)."""
+        self._iterator = None
+        self._pipe = None
+        self._built_for = None
 
     def __iter__(self) -> Iterator:
         needs_new = self._iterator is None or not self._clean or (self._shuffle and self._built_for != self._epoch)
