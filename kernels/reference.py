@@ -29,10 +29,12 @@ def reparam_kl_ref(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | N
     """
     check_latents(mu, logvar, eps)
     acc = acc_dtype(mu, logvar, eps)
-    if eps is None:
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=mu.device).manual_seed(int(seed))
+    if eps is None and seed is None:
+        # randn_like, not randn(mu.shape): under torch.compile with a dynamic batch size the
+        # shape is symbolic, which randn(size, generator=...) cannot trace.
+        eps = torch.randn_like(mu, dtype=acc)
+    elif eps is None:
+        gen = torch.Generator(device=mu.device).manual_seed(int(seed))
         eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=acc)
     m, lv = mu.to(acc), logvar.to(acc)
     z = m + eps.to(acc) * torch.exp(0.5 * lv)

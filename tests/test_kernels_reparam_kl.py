@@ -183,3 +183,22 @@ def test_bad_inputs_raise_one_clear_error():
     if DEVICES:
         with pytest.raises(KernelInputError, match="seed must be"):
             reparam_kl(mu.to(DEVICES[0]), mu.to(DEVICES[0]), seed=1.5, impl="triton")
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_compiled_across_batch_sizes_with_in_kernel_noise(impl):
+    """A compiled model sees new batch sizes (eval batches, a short last batch): dynamo then traces
+    with a symbolic batch dimension, which the noise draw must survive (regression: the reference's
+    ``torch.randn(mu.shape, generator=None)`` could not be traced with a symbolic shape)."""
+    torch._dynamo.reset()
+
+    def step(mu, logvar):
+        z, kl = reparam_kl(mu, logvar, impl=impl)
+        return z, kl
+
+    compiled = torch.compile(step, backend="aot_eager")
+    for B in (4, 8, 5):
+        mu, logvar, _ = _latents(B, 16, torch.float32, DEVICES[0], seed=B)
+        z, kl = compiled(mu, logvar)
+        assert z.shape == (B, 16) and torch.isfinite(z).all()
+        torch.testing.assert_close(kl, reparam_kl_ref(mu, logvar, torch.zeros_like(mu))[1])
