@@ -55,6 +55,9 @@ def build_harness(v: Variant, device: torch.device, *, image_size: int = 64, see
     raw = raw.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model = raw
     if v.compile != "eager":
+        # Each variant compiles from scratch: otherwise dynamo's cache from the previous batch size
+        # would make this one dynamic-shaped (slower) and charge its compile to the wrong row.
+        torch._dynamo.reset()
         model = torch.compile(raw, mode=None if v.compile == "default" else v.compile)
     loss_fn = make_loss_fn(v.loss, compile_eager=v.compile != "eager")
     opt = torch.optim.AdamW(raw.parameters(), lr=1e-3, foreach=True)
