@@ -24,6 +24,18 @@ MAX_ELEMENTS = 2**31 - 1
 
 
 @triton.jit
+def _load_or_draw_eps(eps_ptr, seed_ptr, rows, rows64, cols, D, stride_eps, mask,
+                      HAS_EPS: tl.constexpr, ACC: tl.constexpr):
+    """The noise tile: given ``eps``, or Philox ``randn(seed, b·D + d)``. Forward and backward both
+    call this, so the backward regenerates exactly the forward's numbers."""
+    if HAS_EPS:
+        eps = tl.load(eps_ptr + rows64[:, None] * stride_eps + cols[None, :], mask=mask, other=0.0).to(ACC)
+    else:
+        eps = tl.randn(tl.load(seed_ptr), rows[:, None] * D + cols[None, :]).to(ACC)
+    return eps
+
+
+@triton.jit
 def _reparam_kl_fwd_kernel(mu_ptr, lv_ptr, eps_ptr, seed_ptr, z_ptr, kl_ptr,
                            B, D, stride_mu, stride_lv, stride_eps,
                            HAS_EPS: tl.constexpr, ACC: tl.constexpr,
@@ -32,17 +44,12 @@ def _reparam_kl_fwd_kernel(mu_ptr, lv_ptr, eps_ptr, seed_ptr, z_ptr, kl_ptr,
     row_ok = rows < B
     rows64 = rows.to(tl.int64)
     kl_acc = tl.zeros([BLOCK_B], dtype=ACC)
-    if not HAS_EPS:
-        seed = tl.load(seed_ptr)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = row_ok[:, None] & (cols < D)[None, :]
         mu = tl.load(mu_ptr + rows64[:, None] * stride_mu + cols[None, :], mask=mask, other=0.0).to(ACC)
         lv = tl.load(lv_ptr + rows64[:, None] * stride_lv + cols[None, :], mask=mask, other=0.0).to(ACC)
-        if HAS_EPS:
-            eps = tl.load(eps_ptr + rows64[:, None] * stride_eps + cols[None, :], mask=mask, other=0.0).to(ACC)
-        else:
-            eps = tl.randn(seed, rows[:, None] * D + cols[None, :]).to(ACC)
+        eps = _load_or_draw_eps(eps_ptr, seed_ptr, rows, rows64, cols, D, stride_eps, mask, HAS_EPS, ACC)
         std = tl.exp(0.5 * lv)
         z = mu + eps * std
         tl.store(z_ptr + rows64[:, None] * D + cols[None, :], z.to(z_ptr.dtype.element_ty), mask=mask)
@@ -63,8 +70,6 @@ def _reparam_kl_bwd_kernel(dz_ptr, dkl_ptr, mu_ptr, lv_ptr, eps_ptr, seed_ptr, d
     if HAS_DKL:
         # stride_dkl is 0 when the upstream KL gradient is one value broadcast over the batch.
         dkl = tl.load(dkl_ptr + rows64 * stride_dkl, mask=row_ok, other=0.0).to(ACC)[:, None]
-    if HAS_DZ and not HAS_EPS:
-        seed = tl.load(seed_ptr)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = row_ok[:, None] & (cols < D)[None, :]
@@ -75,11 +80,7 @@ def _reparam_kl_bwd_kernel(dz_ptr, dkl_ptr, mu_ptr, lv_ptr, eps_ptr, seed_ptr, d
         dlv = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
         if HAS_DZ:
             dz = tl.load(dz_ptr + rows64[:, None] * stride_dz + cols[None, :], mask=mask, other=0.0).to(ACC)
-            if HAS_EPS:
-                eps = tl.load(eps_ptr + rows64[:, None] * stride_eps + cols[None, :], mask=mask,
-                              other=0.0).to(ACC)
-            else:
-                eps = tl.randn(seed, rows[:, None] * D + cols[None, :]).to(ACC)
+            eps = _load_or_draw_eps(eps_ptr, seed_ptr, rows, rows64, cols, D, stride_eps, mask, HAS_EPS, ACC)
             dmu += dz
             dlv += 0.5 * dz * eps * std
         if HAS_DKL:
