@@ -15,10 +15,12 @@ def env_info() -> dict[str, Any]:
     """Device, library versions and git commit: stored with every JSON result."""
     import torch
 
+    from pipeline import usable_cores
+
     info: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host_cpu": platform.processor() or platform.machine(),
-        "cpu_count": _cpu_count(),
+        "cpu_count": usable_cores(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -31,12 +33,6 @@ def env_info() -> dict[str, Any]:
         except Exception:  # not installed: recorded as absent, not an error
             info[mod.split(".")[-1]] = None
     return info
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _git_commit() -> str | None:

@@ -21,10 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from bench.common import median, print_table, save_json, sync
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from pipeline import usable_cores
 
 
 def _counts(n: int) -> list[int]:
@@ -179,7 +176,7 @@ def run(shards: str | os.PathLike, quick: bool = False, json_path: str | os.Path
     epochs = epochs or (1 if quick else 3)
     count = read_split(shards, "train").count
     batch_size = min(batch_size, count)
-    cores = _cores()
+    cores = usable_cores()
     rows: list[dict[str, Any]] = []
     epoch_fns: dict[str, Callable[[], int]] = {}
     load_before = os.getloadavg()

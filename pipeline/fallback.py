@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import DataError
-from .loader import (SHUFFLE_BUFFER, EpochPlan, IndexedSample, LoaderBase, ShardFile, SplitShards, epoch_seed,
+from .loader import (SHUFFLE_BUFFER, EpochPlan, IndexedSample, LoaderBase, ShardFile, epoch_seed,
                      epoch_shard_order, finish_batch, part_samples)
 from .transforms import decode_crop_resize
 

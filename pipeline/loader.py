@@ -36,6 +36,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from . import usable_cores
 from .errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -367,8 +368,7 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 def _default_threads() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 16))
+    return max(1, min(usable_cores(), 16))
 
 
 def dali_import_error() -> str | None:

@@ -33,6 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from . import usable_cores
 from .celeba import SPLITS, CelebASource, Entry, FolderStore, ZipStore, open_celeba
 from .errors import ConfigError, DataError, UserError, cli_entry
 from .wds_index import IndexMember, write_index
@@ -315,10 +316,6 @@ def _append_state(out: Path, record: dict) -> None:
 # preshard
 # ----------------------------------------------------------------------------------------------
 
-def _default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _check_options(shard_bytes: int, max_samples_per_shard: int | None, on_bad: str, workers: int | None) -> None:
     if not isinstance(shard_bytes, int) or shard_bytes < 64 * 1024:
         raise ConfigError(f"shard size must be at least 64 KiB, got {shard_bytes!r} bytes")
@@ -349,7 +346,7 @@ def preshard(src: str | os.PathLike, out: str | os.PathLike, *, shard_bytes: int
     no-op; into an interrupted one it resumes; into one with other shards it raises DataError.
     """
     _check_options(shard_bytes, max_samples_per_shard, on_bad, workers)
-    workers = workers or _default_workers()
+    workers = workers or usable_cores()
     source = open_celeba(src)
     desc = source.describe()
     options = {"shard_bytes": shard_bytes, "max_samples_per_shard": max_samples_per_shard, "seed": seed}

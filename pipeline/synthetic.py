@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from . import usable_cores
 from .errors import UserError, cli_entry
 
 WIDTH, HEIGHT = 178, 218
@@ -239,7 +240,7 @@ def _face_outline(a_x: float, a_y: float, taper: float, n: int = 40) -> list[tup
 
 def draw_face(rng: random.Random, attrs: dict[str, bool]):
     """Draw one 178×218 RGB face (PIL image) showing ``attrs``."""
-    from PIL import Image, ImageFilter
+    from PIL import ImageFilter
 
     A = attrs
     img = _background(rng)
@@ -543,10 +544,6 @@ def _chunks(n: int, size: int) -> Iterator[list[int]]:
         yield list(range(start, min(n, start + size - 1) + 1))
 
 
-def _default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *, as_zip: bool = False,
                            workers: int | None = None, progress: bool = False) -> Path:
     """Write a CelebA-layout tree of ``n`` synthetic faces into ``out_dir`` and return it.
@@ -560,7 +557,7 @@ def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *,
         raise UserError(f"--n must be a positive number of images, got {n!r}")
     if n > 999_999:
         raise UserError(f"--n {n} is too large: CelebA file names have six digits (at most 999999 images)")
-    workers = max(1, int(workers or _default_workers()))
+    workers = max(1, int(workers or usable_cores()))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     img_dir = out / "img_align_celeba"

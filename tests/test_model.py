@@ -1,7 +1,6 @@
 """The network, its config, schedules and checkpoints: fast unit tests (no data, no subprocess)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
