@@ -12,13 +12,13 @@ loss is their mean over the batch (the negative ELBO when β = 1).
 """
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
 
 import torch
 
+from bench.flops import vae_flops_per_image
 from model.artifacts import plot_interpolation, plot_pairs, plot_samples, plot_training_log
 from model.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_atomic, set_rng_state
 from model.config import build_parser, model_mismatch, parse_overrides, read_config_file, validate
@@ -86,8 +86,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
     raw = ConvVAE(VAEConfig.from_dict(cfg), loss_impl=impl)
     n_params = count_parameters(raw)
     # Counting FLOPs imports torch._dynamo (~1.5 s): only worth it where the MFU line is shown.
-    # Counted before SyncBatchNorm conversion: the probe runs on CPU, where SyncBatchNorm cannot.
-    flops_per_image = _train_flops_per_image(raw, cfg) if rt.device.type == "cuda" else None
+    flops_per_image = vae_flops_per_image(raw.cfg) if rt.device.type == "cuda" else None
     if rt.sync_batchnorm:
         raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw = raw.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
@@ -250,30 +249,6 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
     if rt.distributed:
         torch.distributed.barrier()  # rank 0 has written everything; tear down together
     return 0
-
-
-def _train_flops_per_image(raw: ConvVAE, cfg: dict) -> int | None:
-    """Counted forward+backward FLOPs per image, on a throwaway copy (the real model's BatchNorm
-    statistics and RNG must not move: resume equivalence depends on it)."""
-    try:
-        from bench.flops import count_step_flops
-    except ImportError:
-        return None
-    from kernels import vae_loss
-
-    probe = copy.deepcopy(raw).to("cpu", memory_format=torch.contiguous_format)
-    probe.loss_impl = "torch"
-    rng = torch.get_rng_state()
-    try:
-        x = torch.rand(2, 3, cfg["image_size"], cfg["image_size"])
-
-        def step():
-            out = probe(x)
-            return vae_loss(out.logits, x, out.kl, 1.0, logits=True, impl="torch").loss
-
-        return count_step_flops(step) // 2
-    finally:
-        torch.set_rng_state(rng)
 
 
 def _device_peak_flops(rt) -> float | None:

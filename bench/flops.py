@@ -24,6 +24,26 @@ def count_step_flops(step: Callable[[], torch.Tensor]) -> int:
     return int(counter.get_total_flops())
 
 
+def vae_flops_per_image(vae_cfg) -> int:
+    """Counted forward+backward FLOPs per image of ``ConvVAE(vae_cfg)`` with its loss.
+
+    Counted on a fresh CPU model with the reference loss (FLOPs depend on shapes, not weights or
+    device), inside ``fork_rng``: the caller's RNG stream does not move, so a run that shows the
+    MFU line stays bit-identical to one that doesn't (resume equivalence depends on it)."""
+    from kernels import vae_loss
+    from model.vae import ConvVAE
+
+    with torch.random.fork_rng(devices=[]):
+        probe = ConvVAE(vae_cfg, loss_impl="torch")
+        x = torch.rand(2, 3, vae_cfg.image_size, vae_cfg.image_size)
+
+        def step():
+            out = probe(x)
+            return vae_loss(out.logits, x, out.kl, 1.0, logits=True, impl="torch").loss
+
+        return count_step_flops(step) // 2
+
+
 def measure_matmul_peak(device: str | torch.device, dtype: torch.dtype = torch.bfloat16,
                         n: int | None = None, seconds: float = 0.5) -> float:
     """Achieved FLOP/s of a square matmul on ``device``: the denominator of MFU."""

@@ -80,22 +80,6 @@ def resident_batch(batch_size: int, device: torch.device, channels_last: bool, i
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def flops_per_image(image_size: int = 64) -> int:
-    """Counted forward+backward FLOPs of one image through the model and loss (conv/linear work)."""
-    from bench.flops import count_step_flops
-    from kernels import vae_loss
-    from model.vae import ConvVAE, VAEConfig
-
-    probe = ConvVAE(VAEConfig(image_size=image_size), loss_impl="torch")
-    x = torch.rand(2, 3, image_size, image_size)
-
-    def step():
-        out = probe(x)
-        return vae_loss(out.logits, x, out.kl, 1.0, logits=True, impl="torch").loss
-
-    return count_step_flops(step) // 2
-
-
 def time_variant(v: Variant, device: torch.device, *, warmup: int, steps: int, repeats: int) -> dict[str, Any]:
     """Median images/s over ``repeats`` timed windows of ``steps`` steps, after ``warmup`` steps
     (which include compilation; its time is reported separately)."""
@@ -147,11 +131,12 @@ def variants(device: torch.device, quick: bool, batch_sizes: list[int] | None) -
 def run(quick: bool = False, json_path: str | None = None, device: str | None = None,
         batch_sizes: list[int] | None = None, print_results: bool = True) -> dict[str, Any]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    from bench.flops import measure_matmul_peak
+    from bench.flops import measure_matmul_peak, vae_flops_per_image
+    from model.vae import VAEConfig
 
     grid, skipped = variants(device, quick, batch_sizes)
     warmup, steps, repeats = (2, 3, 1) if quick else ((10, 30, 3) if device.type == "cuda" else (3, 10, 3))
-    fpi = flops_per_image()
+    fpi = vae_flops_per_image(VAEConfig())
     peaks = {amp: measure_matmul_peak(device, torch.float32 if amp == "off" else torch.bfloat16,
                                       seconds=0.2 if quick else 1.0) for amp in {v.amp for v in grid}}
     rows = []

@@ -66,3 +66,21 @@ def test_quick_suite_runs_every_part(shards_dir, tmp_path):
 def test_bad_shards_dir_is_one_clear_error(tmp_path, capsys):
     assert bench_main(["--quick", "--shards", str(tmp_path), "--only", "input"]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_flops_per_image_counts_the_configured_model_without_moving_the_rng():
+    """train.py counts FLOPs for its MFU line mid-setup: that must not shift the run's RNG stream."""
+    import torch
+
+    from bench.flops import vae_flops_per_image
+    from model.vae import VAEConfig
+
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    base = vae_flops_per_image(VAEConfig())
+    assert torch.equal(torch.rand(4), expected)
+    # Forward convs + linears of the seed model are ~109 MFLOP; backward doubles that, except for the
+    # first conv's input gradient, which is not needed: ~3× forward.
+    assert 300e6 < base < 330e6
+    assert vae_flops_per_image(VAEConfig(res_blocks=1)) > base
