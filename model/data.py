@@ -5,40 +5,18 @@ and passes the runtime's device/rank/memory-format choices to ``pipeline.make_lo
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import DataError
 from model.runtime import Runtime
 
 
-def _manifest(shards: Path) -> dict[str, Any]:
-    try:
-        return json.loads((shards / "manifest.json").read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{shards / 'manifest.json'} is not valid JSON ({err}); re-run preshard") from None
+def check_shards(shards: str | Path) -> dict[str, int]:
+    """Samples per split of a preshard output folder, after ``pipeline``'s own checks (missing or
+    empty folder, no manifest, missing tars or index files, an empty split: one DataError each)."""
+    from pipeline.loader import SPLITS, read_split
 
-
-def split_count(manifest: dict[str, Any], split: str) -> int:
-    return int(manifest.get("splits", {}).get(split, {}).get("count", 0))
-
-
-def check_shards(shards: str | Path) -> dict[str, Any]:
-    """The manifest of a preshard output dir; DataError when the dir is missing, empty or not shards."""
-    shards = Path(shards)
-    hint = "create it with: python -m pipeline.preshard CELEBA_DIR " + str(shards)
-    if not shards.exists():
-        raise DataError(f"data directory {shards} does not exist; {hint}")
-    if not shards.is_dir():
-        raise DataError(f"data path {shards} is not a directory")
-    if not (shards / "manifest.json").is_file():
-        what = "is empty" if not any(shards.iterdir()) else "has no manifest.json (not preshard output)"
-        raise DataError(f"data directory {shards} {what}; {hint}")
-    manifest = _manifest(shards)
-    if split_count(manifest, "train") == 0:
-        raise DataError(f"data directory {shards} has no training samples (manifest lists none)")
-    return manifest
+    return {split: read_split(shards, split).count for split in SPLITS}
 
 
 def prepare_default_data(cfg: dict[str, Any], rt: Runtime, console: Any) -> Path:
@@ -64,9 +42,9 @@ def prepare_default_data(cfg: dict[str, Any], rt: Runtime, console: Any) -> Path
         import torch.distributed as dist
 
         dist.barrier()
-    manifest = check_shards(shards)
+    counts = check_shards(shards)
     if rt.is_main:
-        counts = ", ".join(f"{s} {split_count(manifest, s):,}" for s in ("train", "val", "test"))
+        counts = ", ".join(f"{split} {n:,}" for split, n in counts.items())
         console.print(f"[bold]data:[/] synthetic shards in {shards} ({counts})")
     return shards
 

@@ -76,16 +76,19 @@ class SplitShards:
 def read_split(shards: str | os.PathLike, split: str) -> SplitShards:
     """Read ``manifest.json`` and check the split's tars and index files cheaply (no hashing).
 
-    Raises DataError for a missing manifest, a missing or resized tar, a missing index file or
-    one whose sample count disagrees with the manifest, and for an empty split.
+    Raises DataError for a missing or empty folder, a missing manifest, a missing or resized tar,
+    a missing index file or one whose sample count disagrees with the manifest, and for an empty split.
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     root = Path(shards)
     manifest_path = root / "manifest.json"
+    make_it = f"create it with: python -m pipeline.preshard --celeba CELEBA_DIR --out {root}"
     if not root.is_dir():
-        raise DataError(f"shards folder {root} does not exist: run preshard first (python -m pipeline.preshard)")
+        raise DataError(f"shards folder {root} {'is not a folder' if root.exists() else 'does not exist'}; {make_it}")
     if not manifest_path.is_file():
+        if not any(root.iterdir()):
+            raise DataError(f"shards folder {root} is empty; {make_it}")
         raise DataError(f"no manifest.json in {root}: is this preshard's output folder? {_PRESHARD_HINT}")
     try:
         manifest = json.loads(manifest_path.read_text())
