@@ -38,12 +38,11 @@ def trainer_variant(device: torch.device, batch_size: int | None = None) -> tupl
     return Variant("default" if rt.compile else "eager", rt.amp, loss, batch_size or cfg["batch_size"]), cfg
 
 
-def _loader(shards: Path, v: Variant, device: torch.device, channels_last: bool, cfg: dict[str, Any], backend: str):
-    from pipeline import make_loader
+def train_loader(shards: Path, v: Variant, runtime: Any, cfg: dict[str, Any], backend: str = "auto"):
+    """The trainer's own train loader (``model.data.open_loader``) at this variant's batch size."""
+    from model.data import open_loader
 
-    return make_loader(shards, "train", v.batch_size, device=device, backend=backend, shuffle=True, drop_last=True,
-                       channels_last=channels_last, num_threads=cfg["num_threads"], seed=cfg["seed"],
-                       size=cfg["image_size"])
+    return open_loader({**cfg, "batch_size": v.batch_size, "backend": backend}, runtime, shards, "train", train=True)
 
 
 def _timed_epoch(batches, step, max_steps: int | None, warmup: int, device: torch.device,
@@ -79,7 +78,7 @@ def run(shards: str | Path, quick: bool = False, json_path: str | None = None, d
     h = build_harness(v, device)
     # Resident: the same number of steps as the loader-fed run will take, on one batch.
     x = resident_batch(v.batch_size, device, h.runtime.channels_last)
-    loader = _loader(shards, v, device, h.runtime.channels_last, cfg, backend)
+    loader = train_loader(shards, v, h.runtime, cfg, backend)
     n_steps = len(loader) - warmup if max_steps is None else max_steps
     if n_steps < 1:
         raise DataError(f"train split has {len(loader)} batches of {v.batch_size}: need more than {warmup}")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bench.common import print_table, save_json, sync
-from bench.input_efficiency import _loader, trainer_variant
+from bench.input_efficiency import train_loader, trainer_variant
 from bench.train_step import build_harness
 from pipeline.errors import DataError, cli_entry
 
@@ -67,7 +67,7 @@ def run(shards: str | Path, quick: bool = False, out_dir: str | Path = "bench_ou
     wait, warmup = (0, 1) if quick else (2, 3)
     v, cfg = trainer_variant(device, batch_size)
     h = build_harness(v, device)
-    loader = _loader(Path(shards), v, device, h.runtime.channels_last, cfg, "auto")
+    loader = train_loader(Path(shards), v, h.runtime, cfg)
     if len(loader) < wait + warmup + steps:
         loader.close()
         raise DataError(f"the train split has {len(loader)} batches; profiling needs {wait + warmup + steps}: "
