@@ -54,14 +54,10 @@ def evaluate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str
         for batch in batches:
             x, keys = batch if isinstance(batch, (tuple, list)) else (batch, None)
             pixels = x[0].numel()
+            # The training forward with noise from this evaluation's own generator.
+            eps = torch.randn(x.shape[0], model.cfg.latent_dim, generator=gen, device=x.device)
             with rt.autocast():
-                mu, logvar = model.encode(x)
-            eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=torch.float32)
-            from kernels import reparam_kl
-
-            z, kl = reparam_kl(mu.float(), logvar.float(), eps, impl=impl)
-            with rt.autocast():
-                logits = model.decode_logits(z)
+                logits, _, _, kl = model(x, eps)
             sse = sigmoid_sse(logits, x, impl=impl)
             sums += torch.stack([sse.sum().double(), kl.sum().double(),
                                  torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)])
