@@ -46,8 +46,12 @@ def train_loader(shards: Path, v: Variant, runtime: Any, cfg: dict[str, Any], ba
 
 
 def _timed_epoch(batches, step, max_steps: int | None, warmup: int, device: torch.device,
-                 sampler: GpuUtilSampler | None = None) -> tuple[float, int, int]:
-    """Run ``step`` over ``batches``; returns (seconds, images, steps) after the first ``warmup`` steps."""
+                 sampler: GpuUtilSampler | None = None) -> tuple[float, int, int, float]:
+    """Run ``step`` over ``batches``; returns (seconds, images, steps) after the first ``warmup`` steps,
+    and the wall time of the whole pass, from ``iter()`` (a shuffled DALI epoch rebuilds its
+    pipeline there) to the last step's completion."""
+    sync(device)
+    begin = time.perf_counter()
     t0, images, steps = None, 0, 0
     for i, x in enumerate(batches):
         if i == warmup:
@@ -62,9 +66,10 @@ def _timed_epoch(batches, step, max_steps: int | None, warmup: int, device: torc
         if max_steps is not None and i + 1 >= warmup + max_steps:
             break
     sync(device)
+    end = time.perf_counter()
     if t0 is None or steps == 0:
         raise DataError("the train split is too small for the warm-up steps: use more data or a smaller --batch-size")
-    return time.perf_counter() - t0, images, steps
+    return end - t0, images, steps, end - begin
 
 
 def run(shards: str | Path, quick: bool = False, json_path: str | None = None, device: str | None = None,
@@ -84,20 +89,29 @@ def run(shards: str | Path, quick: bool = False, json_path: str | None = None, d
         raise DataError(f"train split has {len(loader)} batches of {v.batch_size}: need more than {warmup}")
 
     def resident_ips() -> float:
-        seconds, images, _ = _timed_epoch((x for _ in range(warmup + n_steps)), h.step, n_steps, warmup, device)
+        seconds, images, _, _ = _timed_epoch((x for _ in range(warmup + n_steps)), h.step, n_steps, warmup, device)
         return images / seconds
 
     # Resident runs before and after the loader-fed one, averaged: clock or load drift during the
     # run then biases neither side of the ratio.
     before = resident_ips()
+    # Epoch 1, as in training: a shuffled loader rebuilds its pipeline (new order and seed) at the
+    # start of every epoch after the first, and the full-pass wall time should pay for that.
+    loader.set_epoch(1)
     with GpuUtilSampler(device.index or 0) as sampler:
-        fed_s, fed_images, fed_steps = _timed_epoch(loader, h.step, max_steps, warmup, device, sampler)
+        fed_s, fed_images, fed_steps, fed_wall_s = _timed_epoch(loader, h.step, max_steps, warmup, device, sampler)
     after = resident_ips()
-    loader_only_s, loader_only_images, _ = _timed_epoch(loader, lambda b: None, max_steps, warmup, device)
+    loader_only_s, loader_only_images, _, _ = _timed_epoch(loader, lambda b: None, max_steps, warmup, device)
     backend_used = loader.backend
     loader.close()
 
     resident_ips, fed_ips = (before + after) / 2, fed_images / fed_s
+    # A full pass scales to CelebA's train split (exactly, when the shards are CelebA-sized);
+    # a --quick run can only extrapolate its steady-state rate.
+    full = max_steps is None
+    split_images = loader.split.count
+    celeba_epoch = fed_wall_s * CELEBA_TRAIN_IMAGES / split_images if full else CELEBA_TRAIN_IMAGES / fed_ips
+    celeba_measured = full and split_images == CELEBA_TRAIN_IMAGES
     results = {
         "variant": v.label, "backend": backend_used,
         "resident_images_per_s": resident_ips, "resident_before_after": [before, after],
@@ -107,9 +121,12 @@ def run(shards: str | Path, quick: bool = False, json_path: str | None = None, d
         "gpu_util_mean_pct": sampler.mean, "gpu_busy_fraction": sampler.busy_fraction,
         "gpu_util_note": sampler.reason,
         "steps_timed": fed_steps,
-        # Only a full pass over the split is an epoch time; --quick measures a few steps.
-        "epoch_seconds": None if max_steps is not None else fed_s * (fed_images + warmup * v.batch_size) / fed_images,
-        "celeba_epoch_seconds_at_this_rate": CELEBA_TRAIN_IMAGES / fed_ips,
+        "train_images": split_images,
+        # Only a full pass over the split is an epoch time (pipeline rebuild and warm-up steps
+        # included); --quick measures a few steps.
+        "epoch_seconds": None if max_steps is not None else fed_wall_s,
+        "celeba_epoch_seconds": celeba_epoch,
+        "celeba_epoch_measured": celeba_measured,
     }
     settings = {"shards": str(shards), "device": str(device), "quick": quick, "warmup_steps": warmup,
                 "batch_size": v.batch_size, "backend": backend}
@@ -122,8 +139,9 @@ def run(shards: str | Path, quick: bool = False, json_path: str | None = None, d
              ("input efficiency (fed ÷ resident)", f"{results['input_efficiency']:.3f}"),
              ("GPU utilization, mean %", sampler.mean if sampler.mean is not None else f"n/a ({sampler.reason})"),
              ("GPU ≥ 90 % busy, share of samples", results["gpu_busy_fraction"]),
-             ("epoch over these shards, s", results["epoch_seconds"]),
-             (f"CelebA epoch ({CELEBA_TRAIN_IMAGES:,} images) at this rate, s", results["celeba_epoch_seconds_at_this_rate"])],
+             (f"epoch over these shards ({split_images:,} images), s", results["epoch_seconds"]),
+             (f"CelebA epoch ({CELEBA_TRAIN_IMAGES:,} images), s, "
+              + ("measured" if celeba_measured else "scaled from this run"), celeba_epoch)],
         )
     return save_json(json_path, "input_efficiency", results, settings)
 

@@ -1,9 +1,9 @@
 """Loader throughput: images/s per decode path, on preshard's shards.
 
-``python -m bench.loader --shards DIR [--json OUT] [--epochs N] [--quick]``
+``python -m bench.loader --shards DIR [--json OUT] [--epochs N] [--quick] [--max-images N]``
 
-Every configuration reads the whole train split into training-ready batches (float
-3×64×64 in [0, 1] on the device), one untimed warm-up epoch first, then the median of
+Every configuration reads the whole train split (or ``--max-images`` of it) into training-ready
+batches (float 3×64×64 in [0, 1] on the device), one untimed warm-up epoch first, then the median of
 ``--epochs`` timed epochs, taken in interleaved rounds (one epoch of each configuration
 per round) so that load from other processes is shared fairly. Paths: DALI-GPU (nvJPEG, if CUDA), DALI-CPU with 1, 2 and N
 threads, torchvision ``decode_jpeg(device="cuda")`` batch decode (if torchvision and CUDA),
@@ -22,6 +22,7 @@ import torch
 
 from bench.common import median, print_table, save_json, sync
 from pipeline import usable_cores
+from pipeline.errors import ConfigError
 
 
 def _counts(n: int) -> list[int]:
@@ -57,17 +58,20 @@ def time_interleaved(epoch_fns: dict[str, Callable[[], int]], epochs: int, devic
     return out
 
 
-def _loader_epoch(loader) -> Callable[[], int]:
+def _loader_epoch(loader, max_images: int | None = None) -> Callable[[], int]:
     def run() -> int:
         n = 0
         for images in loader:
             n += images.shape[0]
+            if max_images is not None and n >= max_images:
+                break  # the next epoch rebuilds the pipeline, as every shuffled epoch does anyway
         return n
 
     return run
 
 
-def _dali_pipeline_epoch(shards: Path, batch_size: int, threads: int, roi_decode: bool) -> Callable[[], int]:
+def _dali_pipeline_epoch(shards: Path, batch_size: int, threads: int, roi_decode: bool,
+                         max_images: int | None = None) -> Callable[[], int]:
     """The raw DALI-CPU graph (no PyTorch hand-over) with or without ROI decode: the ablation."""
     from pipeline.dali_pipeline import celeba_pipeline
     from pipeline.loader import read_split
@@ -77,7 +81,7 @@ def _dali_pipeline_epoch(shards: Path, batch_size: int, threads: int, roi_decode
                            roi_decode=roi_decode, batch_size=batch_size, num_threads=threads, device_id=None,
                            prefetch_queue_depth=2, seed=0)
     pipe.build()
-    batches = split.count // batch_size
+    batches = _capped(split.count, max_images) // batch_size
 
     def run() -> int:
         for _ in range(batches):
@@ -87,7 +91,8 @@ def _dali_pipeline_epoch(shards: Path, batch_size: int, threads: int, roi_decode
     return run
 
 
-def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int) -> Callable[[], int]:
+def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int,
+                       max_images: int | None = None) -> Callable[[], int]:
     """torchvision's batched nvJPEG decode on the GPU, then crop + antialiased resize in torch."""
     import torch.nn.functional as F
     from torchvision.io import decode_jpeg
@@ -96,7 +101,7 @@ def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int) -> C
     from pipeline.transforms import crop_box
 
     split = read_split(shards, "train")
-    samples = part_samples(split.shards, 0, split.count)
+    samples = part_samples(split.shards, 0, split.count)[:_capped(split.count, max_images)]
     handles = {s.tar: open(s.tar, "rb") for s in split.shards}
 
     def read(s) -> torch.Tensor:
@@ -120,15 +125,19 @@ def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int) -> C
     return run
 
 
+def _capped(count: int, max_images: int | None) -> int:
+    return count if max_images is None else min(count, max_images)
+
+
 def configurations(shards: Path, device: torch.device, batch_size: int, cores: int,
-                   quick: bool) -> Iterable[tuple[str, str, int | None, Callable[[], Callable[[], int]] | None, str]]:
+                   quick: bool, max_images: int | None = None) -> Iterable[tuple[str, str, int | None, Callable[[], Callable[[], int]] | None, str]]:
     """(name, path, threads/workers, factory of an epoch function or None, note)."""
     from pipeline import make_loader
     from pipeline.loader import dali_import_error
 
     def loader(backend: str, threads: int | None, **kw):
         return lambda: _loader_epoch(make_loader(shards, "train", batch_size, device=device, backend=backend,
-                                                 num_threads=threads, **kw))
+                                                 num_threads=threads, **kw), max_images)
 
     dali = dali_import_error() is None
     cuda = device.type == "cuda"
@@ -148,7 +157,7 @@ def configurations(shards: Path, device: torch.device, batch_size: int, cores: i
     if not tv_note and not cuda:
         tv_note = "skipped: needs CUDA"
     yield ("torchvision GPU decode", "torchvision", None,
-           None if tv_note else (lambda: _torchvision_epoch(shards, batch_size, 148, 64)), tv_note or "decode_jpeg(cuda)")
+           None if tv_note else (lambda: _torchvision_epoch(shards, batch_size, 148, 64, max_images)), tv_note or "decode_jpeg(cuda)")
     for w in sorted({0, 1, 2, cores}):
         yield (f"webdataset+PIL {w} wkr", "webdataset", w, loader("webdataset", w), "PIL draft (DCT-domain) on")
     if not quick:
@@ -157,14 +166,14 @@ def configurations(shards: Path, device: torch.device, batch_size: int, cores: i
                loader("webdataset", best, draft=False), "full-size decode")
         if dali:
             yield (f"ablation: DALI-CPU graph {best} thr, ROI decode", "dali-cpu", best,
-                   lambda: _dali_pipeline_epoch(shards, batch_size, best, True), "pipe.run(), no torch hand-over")
+                   lambda: _dali_pipeline_epoch(shards, batch_size, best, True, max_images), "pipe.run(), no torch hand-over")
             yield (f"ablation: DALI-CPU graph {best} thr, full decode", "dali-cpu", best,
-                   lambda: _dali_pipeline_epoch(shards, batch_size, best, False), "pipe.run(), no torch hand-over")
+                   lambda: _dali_pipeline_epoch(shards, batch_size, best, False, max_images), "pipe.run(), no torch hand-over")
 
 
 def run(shards: str | os.PathLike, quick: bool = False, json_path: str | os.PathLike | None = None, *,
         epochs: int | None = None, batch_size: int = 256, device: str | None = None,
-        only: Sequence[str] | None = None) -> dict[str, Any]:
+        only: Sequence[str] | None = None, max_images: int | None = None) -> dict[str, Any]:
     """Measure every configuration; print a table; return (and optionally save) the JSON document."""
     from rich.console import Console
 
@@ -180,7 +189,9 @@ def run(shards: str | os.PathLike, quick: bool = False, json_path: str | os.Path
     rows: list[dict[str, Any]] = []
     epoch_fns: dict[str, Callable[[], int]] = {}
     load_before = os.getloadavg()
-    for name, path, threads, factory, note in configurations(shards, dev, batch_size, cores, quick):
+    if max_images is not None and max_images < batch_size:
+        raise ConfigError(f"max_images ({max_images}) must be at least the batch size ({batch_size})")
+    for name, path, threads, factory, note in configurations(shards, dev, batch_size, cores, quick, max_images):
         if only and not any(o in name for o in only):
             continue
         rows.append({"name": name, "path": path, "threads": threads, "note": note, "images_per_s": None})
@@ -208,7 +219,9 @@ def run(shards: str | os.PathLike, quick: bool = False, json_path: str | os.Path
     }
     default = measured.get("default (auto)")
     print_table(
-        f"Loader throughput, train split ({count} images, batch {batch_size}, device {dev}, {cores} cores)",
+        f"Loader throughput, train split ({count:,} images"
+        + (f", first {max_images:,} per epoch" if max_images is not None and max_images < count else "")
+        + f", batch {batch_size}, device {dev}, {cores} cores)",
         ["path", "threads/workers", "images/s", "epoch s", "vs default", "note"],
         [(r["name"], r["threads"], r.get("images_per_s"), r.get("epoch_s"),
           (r["images_per_s"] / default) if r.get("images_per_s") and default else None, r["note"]) for r in rows],
@@ -216,7 +229,7 @@ def run(shards: str | os.PathLike, quick: bool = False, json_path: str | os.Path
                 f"{load_before[0]:.2f} → {load_after[0]:.2f}",
     )
     settings = {"shards": str(shards), "quick": quick, "epochs": epochs, "batch_size": batch_size,
-                "device": str(dev), "cores": cores}
+                "device": str(dev), "cores": cores, "max_images_per_epoch": max_images}
     return save_json(json_path, "loader", results, settings)
 
 
@@ -231,12 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     parser.add_argument("--only", nargs="*", default=None, help="run only configurations whose name contains one of these")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="stop each timed epoch after this many images (for a CelebA-sized split, where the "
+                             "1-thread CPU paths would take minutes per epoch)")
     args = parser.parse_args(argv)
 
     @cli_entry
     def _run() -> int:
         run(args.shards, args.quick, args.json, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-            only=args.only)
+            only=args.only, max_images=args.max_images)
         return 0
 
     return _run()

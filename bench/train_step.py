@@ -106,18 +106,38 @@ def time_variant(v: Variant, device: torch.device, *, warmup: int, steps: int, r
     }
 
 
+#: Display and priority order of the compile modes; the CUDA-graph modes are extra rows (see variants()).
+COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
+#: The batch of the headline target (compile+bf16 vs eager fp32): measured first, so a time budget cuts the others.
+HEADLINE_BATCH = 256
+
+
 def variants(device: torch.device, quick: bool, batch_sizes: list[int] | None) -> tuple[list[Variant], list[dict]]:
-    """The grid for this device, plus the combinations skipped and why (shown in the table)."""
+    """The grid for this device in priority order, plus the combinations skipped and why.
+
+    The full grid is {eager, compile} × {fp32, bf16} × {torch, triton loss} × batch. On CUDA (not
+    --quick) the CUDA-graph modes are tried on top, with bf16 only: reduce-overhead at batches ≤ 256
+    (where launch overhead matters) and max-autotune at the headline batch, whose autotuning costs
+    minutes per variant."""
     cuda = device.type == "cuda"
+    explicit = batch_sizes is not None
     if batch_sizes is None:
         batch_sizes = ([64, 256] if quick else [64, 256, 1024]) if cuda else ([32] if quick else [64, 256])
-    compiles = ["eager", "default"]
+    batch_sizes = sorted(set(batch_sizes), key=lambda b: (b != HEADLINE_BATCH, b))
+    grid = list(itertools.product(["eager", "default"], ["off", "bf16"], ["torch", "triton"], batch_sizes))
     if cuda and not quick:
-        compiles += ["reduce-overhead", "max-autotune"]
-    amps = ["off", "bf16"]
-    losses = ["torch", "triton"]
+        small = [b for b in batch_sizes if explicit or b <= HEADLINE_BATCH]
+        grid += [("reduce-overhead", "bf16", l, b) for l in ("torch", "triton") for b in small]
+        grid += [("max-autotune", "bf16", l, b) for l in ("torch", "triton")
+                 for b in (batch_sizes if explicit else [b for b in batch_sizes if b == HEADLINE_BATCH])]
     keep, skipped = [], []
-    for c, a, l, b in itertools.product(compiles, amps, losses, batch_sizes):
+    def priority(g: tuple[str, str, str, int]) -> tuple:
+        # headline batch, then the smaller batches, then the CUDA-graph rows, then the larger batches
+        mode, amp, loss, batch = g
+        group = 2 if mode in COMPILE_MODES[2:] else (0 if batch == HEADLINE_BATCH else 1 if batch < HEADLINE_BATCH else 3)
+        return group, batch_sizes.index(batch), COMPILE_MODES.index(mode), amp != "off", loss
+
+    for c, a, l, b in sorted(grid, key=priority):
         v = Variant(c, a, l, b)
         if l == "triton" and not cuda:
             skipped.append({"variant": v.label, "reason": "Triton is a CUDA speed path (interpreter on CPU)"})
@@ -129,7 +149,11 @@ def variants(device: torch.device, quick: bool, batch_sizes: list[int] | None) -
 
 
 def run(quick: bool = False, json_path: str | None = None, device: str | None = None,
-        batch_sizes: list[int] | None = None, print_results: bool = True) -> dict[str, Any]:
+        batch_sizes: list[int] | None = None, print_results: bool = True,
+        budget_s: float | None = None) -> dict[str, Any]:
+    """Time every variant of the grid; with ``budget_s``, variants that would start after that many
+    seconds (the first always runs) are listed as skipped instead (the grid is in priority order: the headline batch first,
+    the CUDA-graph modes last), so the part fits a bounded call on a lent GPU."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from bench.flops import measure_matmul_peak, vae_flops_per_image
     from model.vae import VAEConfig
@@ -139,11 +163,15 @@ def run(quick: bool = False, json_path: str | None = None, device: str | None = 
     fpi = vae_flops_per_image(VAEConfig())
     peaks = {amp: measure_matmul_peak(device, torch.float32 if amp == "off" else torch.bfloat16,
                                       seconds=0.2 if quick else 1.0) for amp in {v.amp for v in grid}}
-    rows = []
+    rows, started = [], time.perf_counter()
     for v in grid:
+        if budget_s is not None and rows and time.perf_counter() - started > budget_s:
+            skipped.append({"variant": v.label, "reason": f"time budget of {budget_s:.0f} s spent"})
+            continue
         r = time_variant(v, device, warmup=warmup, steps=steps, repeats=repeats)
         r["mfu"] = fpi * r["images_per_s"] / peaks[v.amp]
         rows.append(r)
+    rows.sort(key=lambda r: (r["batch_size"], COMPILE_MODES.index(r["compile"]), r["amp"] != "off", r["loss"]))
     # The headline ratio the issue asks for: compile+bf16 vs eager fp32 at the largest common batch.
     speedups = {}
     for b in sorted({r["batch_size"] for r in rows}):
@@ -158,7 +186,7 @@ def run(quick: bool = False, json_path: str | None = None, device: str | None = 
             speedups[f"compile_bf16_vs_eager_fp32@B{b}"] = max(r["speedup_vs_eager_fp32"] for r in compiled_bf16)
     best = max(rows, key=lambda r: r["images_per_s"]) if rows else None
     settings = {"device": str(device), "quick": quick, "warmup_steps": warmup, "steps": steps, "repeats": repeats,
-                "flops_per_image": fpi, "matmul_peak_flops": peaks}
+                "flops_per_image": fpi, "matmul_peak_flops": peaks, "budget_s": budget_s}
     results = {"rows": rows, "skipped": skipped, "best": best and best["variant"], "speedups": speedups}
     if print_results:
         print_table(
@@ -180,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="start no new variant after this many seconds (the rest are listed as skipped)")
     a = p.parse_args(argv)
-    run(a.quick, a.json, a.device, a.batch_sizes)
+    run(a.quick, a.json, a.device, a.batch_sizes, budget_s=a.budget)
     return 0
 
 

@@ -36,12 +36,12 @@ def test_gpu_busy_from_trace_uses_kernels_inside_profiled_steps():
 
 def test_summary_judges_targets_only_on_gpu():
     docs = {"input": {"results": {"input_efficiency": 0.97, "gpu_util_mean_pct": 80.0,
-                                  "celeba_epoch_seconds_at_this_rate": 8.0}},
+                                  "celeba_epoch_seconds": 8.0, "celeba_epoch_measured": True}},
             "train_step": {"results": {"speedups": {"compile_bf16_vs_eager_fp32@B256": 1.5}}}}
     met = {r["measure"]: r["met"] for r in summarize(docs, on_gpu=True)}
     assert met["input efficiency (loader-fed ÷ resident)"] is True
     assert met["GPU utilization, mean %"] is False
-    assert met["CelebA train epoch (162,770 images), s"] is True
+    assert met["CelebA train epoch (162,770 images), s (measured)"] is True
     assert met["compile bf16 vs eager fp32@B256"] is False
     assert all(r["met"] is None for r in summarize(docs, on_gpu=False))
 
@@ -61,6 +61,62 @@ def test_quick_suite_runs_every_part(shards_dir, tmp_path):
     assert parts["profile"]["top"], "the profiler recorded no operators"
     trace = json.loads((out / "trace.json").read_text())
     assert any(e.get("name", "").startswith("ProfilerStep#") for e in trace["traceEvents"])
+
+
+def test_train_step_grid_puts_the_headline_first_and_cuda_graphs_only_on_cuda():
+    import torch
+
+    from bench.train_step import variants
+
+    grid, skipped = variants(torch.device("cuda"), quick=False, batch_sizes=None)
+    labels = [v.label for v in grid]
+    assert not skipped and len(labels) == len(set(labels)) == 2 * 2 * 2 * 3 + 6
+    # the two rows of the headline ratio come before any other batch size
+    assert labels.index("eager/fp32/torch-loss/B256") < labels.index("eager/fp32/torch-loss/B64")
+    assert labels.index("default/bf16/torch-loss/B256") < labels.index("eager/fp32/torch-loss/B64")
+    graphs = [v for v in grid if v.compile in ("reduce-overhead", "max-autotune")]
+    assert graphs and all(v.amp == "bf16" for v in graphs)
+    assert {v.batch_size for v in graphs if v.compile == "max-autotune"} == {256}
+    assert grid.index(graphs[0]) < labels.index("eager/fp32/torch-loss/B1024")
+    for quick in (True, False):
+        cpu, cpu_skipped = variants(torch.device("cpu"), quick=quick, batch_sizes=None)
+        assert all(v.compile in ("eager", "default") and v.loss == "torch" for v in cpu)
+        assert {s["variant"].split("/")[2] for s in cpu_skipped} >= {"triton-loss"}
+
+
+def test_train_step_budget_skips_later_variants_but_always_times_one():
+    from bench.train_step import run
+
+    doc = run(quick=True, device="cpu", batch_sizes=[8], print_results=False, budget_s=0)
+    rows, skipped = doc["results"]["rows"], doc["results"]["skipped"]
+    assert [r["variant"] for r in rows] == ["eager/fp32/torch-loss/B8"]
+    assert "eager/bf16/torch-loss/B8" in [s["variant"] for s in skipped if "budget" in s["reason"]]
+
+
+def test_loader_bench_caps_each_epoch_at_max_images(shards_dir):
+    from bench.loader import run
+    from pipeline.errors import ConfigError
+
+    doc = run(shards_dir, quick=True, batch_size=16, device="cpu", only=["DALI-CPU 1", "webdataset+PIL 0"],
+              max_images=40)
+    measured = [r for r in doc["results"]["rows"] if r.get("images_per_s")]
+    assert len(measured) == 2 and all(r["images"] == 48 for r in measured)  # 40 rounded up to whole batches
+    with pytest.raises(ConfigError, match="at least the batch size"):
+        run(shards_dir, quick=True, batch_size=16, device="cpu", only=["DALI-CPU 1"], max_images=8)
+
+
+@pytest.mark.slow
+def test_input_efficiency_full_pass_times_a_whole_rebuilt_epoch(shards_dir):
+    from bench.input_efficiency import CELEBA_TRAIN_IMAGES, run
+    from pipeline.loader import read_split
+
+    doc = run(shards_dir, quick=False, device="cpu", batch_size=16, print_results=False)
+    r = doc["results"]
+    train = read_split(shards_dir, "train").count
+    assert r["train_images"] == train and r["celeba_epoch_measured"] is False
+    # the whole pass (rebuild + warm-up steps + timed steps) is longer than its timed steady state
+    assert r["epoch_seconds"] > r["steps_timed"] * 16 / r["loader_fed_images_per_s"]
+    assert r["celeba_epoch_seconds"] == pytest.approx(r["epoch_seconds"] * CELEBA_TRAIN_IMAGES / train)
 
 
 def test_bad_shards_dir_is_one_clear_error(tmp_path, capsys):
@@ -84,3 +140,30 @@ def test_flops_per_image_counts_the_configured_model_without_moving_the_rng():
     # first conv's input gradient, which is not needed: ~3× forward.
     assert 300e6 < base < 330e6
     assert vae_flops_per_image(VAEConfig(res_blocks=1)) > base
+
+
+def test_gpu_session_script_checks_its_steps_and_builds_a_sharded_set(tmp_path):
+    """bench/gpu_session.sh is what a session with a lent GPU runs; its CPU-checkable steps run here."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.loader import read_split
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "bench" / "gpu_session.sh"
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "N": "40", "PY": sys.executable}
+
+    def run(*steps: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), *steps], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    assert run().returncode == 2  # no step: usage
+    bad = run("warp")
+    assert bad.returncode == 2 and "unknown step: warp" in bad.stderr
+    done = run("data")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert read_split(tmp_path / "data" / "shards", "train").count == 32  # 40 images in CelebA's proportions
+    assert not (tmp_path / "data" / "celeba").exists()  # the JPEG tree is dropped once sharded
+    assert "torch" in (tmp_path / "out" / "env.txt").read_text()
