@@ -12,6 +12,21 @@ import time
 from typing import Optional
 
 
+def nvml_handle(pynvml, device_index: int):
+    """NVML's handle for torch's ``cuda:<device_index>``.
+
+    NVML numbers every GPU in the machine and ignores CUDA_VISIBLE_DEVICES, so under
+    ``CUDA_VISIBLE_DEVICES=3`` (or a scheduler that sets it) torch's cuda:0 is NVML's GPU 3:
+    the device is matched by UUID, and by index only where torch cannot tell its UUID."""
+    import torch
+
+    try:
+        uuid = str(torch.cuda.get_device_properties(device_index).uuid)
+    except Exception:  # older torch without .uuid, or no device properties
+        return pynvml.nvmlDeviceGetHandleByIndex(device_index)
+    return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+
+
 class GpuUtilSampler:
     """Context manager: samples GPU utilization (%) of ``device_index`` every ``interval`` seconds.
 
@@ -48,7 +63,7 @@ class GpuUtilSampler:
 
             pynvml.nvmlInit()
             self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            self._handle = nvml_handle(pynvml, self.device_index)
         except ImportError:
             self.reason = "nvidia-ml-py not installed"
             return
