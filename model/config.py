@@ -85,6 +85,8 @@ SCHEMA: dict[str, Key] = {
     "backend": Key("str", "loader backend: auto | dali | dali-gpu | dali-cpu | webdataset",
                    choices=("auto", "dali", "dali-gpu", "dali-cpu", "webdataset")),
     "num_threads": Key("int", "loader threads (null = loader's default)", _pos, "> 0", nullable=True),
+    "hw_decoder_load": Key("float", "DALI-GPU: share of JPEGs for the hardware decoder (null = DALI's 0.65)",
+                           lambda v: 0 <= v <= 1, "in [0, 1]", nullable=True),
     "flip": Key("bool", "random horizontal flips for training"),
     # logging + checkpoints
     "log_interval": Key("int", "steps between metric logs (each one syncs the device)", _pos, "> 0"),

@@ -270,6 +270,7 @@ def make_loader(
     rank: int | None = None,
     world_size: int | None = None,
     draft: bool = True,
+    hw_decoder_load: float | None = None,
 ):
     """A re-iterable loader over one split of preshard's output folder ``shards``.
 
@@ -293,6 +294,8 @@ def make_loader(
         prefetch: batches prepared ahead (DALI queue depth / DataLoader prefetch factor).
         rank, world_size: None → torch.distributed's when initialised, else 0 and 1.
         draft: webdataset backend only: let libjpeg decode at reduced scale (DCT domain).
+        hw_decoder_load: DALI-GPU only: share of the JPEGs decoded by the hardware JPEG engines
+            (A100/H100), in [0, 1]; None → DALI's default (0.65).
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -308,6 +311,9 @@ def make_loader(
         raise ConfigError(f"prefetch must be >= 1, got {prefetch!r}")
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 0):
         raise ConfigError(f"num_threads must be a non-negative integer, got {num_threads!r}")
+    if hw_decoder_load is not None and (isinstance(hw_decoder_load, bool) or not isinstance(hw_decoder_load, (int, float))
+                                        or not 0 <= hw_decoder_load <= 1):
+        raise ConfigError(f"hw_decoder_load must be a number in [0, 1] or None, got {hw_decoder_load!r}")
     dev = resolve_device(device)
     rank, world_size = resolve_rank(rank, world_size)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
@@ -337,7 +343,7 @@ def make_loader(
     threads = _default_threads() if num_threads is None else num_threads
     if threads < 1:
         raise ConfigError("num_threads must be >= 1 for the DALI backends")
-    return DaliLoader(decode_on_gpu=kind == "dali-gpu", num_threads=threads, **common)
+    return DaliLoader(decode_on_gpu=kind == "dali-gpu", num_threads=threads, hw_decoder_load=hw_decoder_load, **common)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -454,10 +460,12 @@ class LoaderBase:
 class DaliLoader(LoaderBase):
     """DALI pipeline + ``DALIGenericIterator`` behind the loader contract (see module doc)."""
 
-    def __init__(self, *, decode_on_gpu: bool, num_threads: int, **settings) -> None:
+    def __init__(self, *, decode_on_gpu: bool, num_threads: int, hw_decoder_load: float | None = None,
+                 **settings) -> None:
         super().__init__(**settings)
         self.backend = "dali-gpu" if decode_on_gpu else "dali-cpu"
         self._threads = num_threads
+        self._hw_decoder_load = None if hw_decoder_load is None else float(hw_decoder_load)
         self._iterator = None
         self._pipe = None
         self._built_for: int | None = None
@@ -490,7 +498,7 @@ class DaliLoader(LoaderBase):
             shard_id=self.plan.rank, num_shards=self.plan.world_size,
             shuffle=self._shuffle, initial_fill=SHUFFLE_BUFFER,
             crop=self._crop, size=self._size, flip=self._flip, half=self._dtype == torch.float16,
-            channels_last=self._channels_last, with_keys=self._with_keys,
+            channels_last=self._channels_last, with_keys=self._with_keys, hw_decoder_load=self._hw_decoder_load,
             batch_size=self.plan.batch_size, num_threads=self._threads,
             device_id=self.device.index if self.backend == "dali-gpu" else None,
             prefetch_queue_depth=self._prefetch,

@@ -124,12 +124,22 @@ def test_fallback_without_draft_matches_reference_closely(shards_dir):
 
 
 @gpu
-def test_dali_gpu_matches_pil_reference(shards_dir):
+@pytest.mark.parametrize("hw_decoder_load", [None, 0.0, 1.0])
+def test_dali_gpu_matches_pil_reference(shards_dir, hw_decoder_load):
     jpegs = jpeg_bytes(shards_dir, "val")
-    ld = make_loader(shards_dir, "val", 16, device="cuda", backend="dali-gpu", with_keys=True)
+    ld = make_loader(shards_dir, "val", 16, device="cuda", backend="dali-gpu", with_keys=True,
+                     hw_decoder_load=hw_decoder_load)
     assert ld.backend == "dali-gpu"
     assert next(iter(ld))[0].device.type == "cuda"
     _check_against_reference(ld, jpegs)
+
+
+def test_hw_decoder_load_is_a_gpu_decoder_setting_the_cpu_pipeline_ignores(shards_dir):
+    def val(**kw):
+        return torch.cat(list(make_loader(shards_dir, "val", 16, device="cpu", backend="dali-cpu", num_threads=1, **kw)))
+
+    plain, tuned = val(), val(hw_decoder_load=0.9)
+    assert torch.equal(plain, tuned)
 
 
 def test_reference_geometry():
@@ -337,6 +347,10 @@ def test_bad_options_are_config_errors(shards_dir):
         dict(split="val", batch_size=4, drop_last=True, pad_last=True),
         dict(split="val", batch_size=4, rank=2, world_size=2),
         dict(split="val", batch_size=4, dtype=torch.int64),
+        dict(split="val", batch_size=4, hw_decoder_load=1.5),
+        dict(split="val", batch_size=4, hw_decoder_load=-0.1),
+        dict(split="val", batch_size=4, hw_decoder_load="0.5"),
+        dict(split="val", batch_size=4, hw_decoder_load=True),
     ]
     for case in cases:
         kw = dict(case)

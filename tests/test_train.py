@@ -165,6 +165,7 @@ def test_missing_or_empty_data_dir(tmp_path, capsys, make_dir, expect):
     (["--loss_impl", "cuda-magic"], "'loss_impl': 'cuda-magic' is not one of"),
     (["--bogus_key", "1"], "unknown config key 'bogus_key'"),
     (["--epochs", "two"], "'epochs': 'two' is not a valid int"),
+    (["--hw_decoder_load", "2"], "'hw_decoder_load' must be in [0, 1]"),
     (["--amp", "fp16", "--data", "."], "fp16"),
 ])
 def test_bad_config_values(tmp_path, capsys, argv, expect):
