@@ -19,8 +19,8 @@ set -euo pipefail
 OUT=${OUT:-bench_out/gpu}
 DATA=${DATA:-$HOME/celeba-synthetic}
 N=${N:-202599}
-LOADER_MAX_IMAGES=${LOADER_MAX_IMAGES:-32768}
-STEP_BUDGET=${STEP_BUDGET:-420}
+LOADER_MAX_IMAGES=${LOADER_MAX_IMAGES:-16384}
+STEP_BUDGET=${STEP_BUDGET:-300}
 TRAIN_EPOCHS=${TRAIN_EPOCHS:-2}
 PY=${PY:-python3}
 mkdir -p "$OUT"
@@ -68,7 +68,10 @@ bench() {  # bench NAME ARGS...: one suite call on the CelebA-sized shards, JSON
 }
 
 step_loader() { bench loader_loss --only loader loss --loader-max-images "$LOADER_MAX_IMAGES"; }
-step_step() { bench train_step --only train_step --train-step-budget "$STEP_BUDGET"; }
+step_step() {  # the part alone: it rewrites its JSON after every variant, so a cut-short call keeps them
+  step_setup
+  "$PY" -m bench.train_step --budget "$STEP_BUDGET" --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.log"
+}
 step_input() {
   bench input_profile --only input profile
   gzip -c "$HOME/bench_out/trace.json" > "$OUT/trace.json.gz"

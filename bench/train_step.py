@@ -132,9 +132,12 @@ def variants(device: torch.device, quick: bool, batch_sizes: list[int] | None) -
                  for b in (batch_sizes if explicit else [b for b in batch_sizes if b == HEADLINE_BATCH])]
     keep, skipped = [], []
     def priority(g: tuple[str, str, str, int]) -> tuple:
-        # headline batch, then the smaller batches, then the CUDA-graph rows, then the larger batches
+        # headline batch, then the smaller batches, then the CUDA-graph rows (max-autotune, the slowest
+        # to compile, last), then the larger batches
         mode, amp, loss, batch = g
-        group = 2 if mode in COMPILE_MODES[2:] else (0 if batch == HEADLINE_BATCH else 1 if batch < HEADLINE_BATCH else 3)
+        if mode in COMPILE_MODES[2:]:
+            return 2, COMPILE_MODES.index(mode), batch_sizes.index(batch), amp != "off", loss
+        group = 0 if batch == HEADLINE_BATCH else 1 if batch < HEADLINE_BATCH else 3
         return group, batch_sizes.index(batch), COMPILE_MODES.index(mode), amp != "off", loss
 
     for c, a, l, b in sorted(grid, key=priority):
@@ -151,9 +154,10 @@ def variants(device: torch.device, quick: bool, batch_sizes: list[int] | None) -
 def run(quick: bool = False, json_path: str | None = None, device: str | None = None,
         batch_sizes: list[int] | None = None, print_results: bool = True,
         budget_s: float | None = None) -> dict[str, Any]:
-    """Time every variant of the grid; with ``budget_s``, variants that would start after that many
-    seconds (the first always runs) are listed as skipped instead (the grid is in priority order: the headline batch first,
-    the CUDA-graph modes last), so the part fits a bounded call on a lent GPU."""
+    """Time every variant of the grid. With ``budget_s``, variants that would start after that many
+    seconds (the first always runs) are listed as skipped instead -- the grid is in priority order,
+    the headline batch first -- so the part fits a bounded call on a lent GPU; with ``json_path`` the
+    file is rewritten after every variant, so a run cut short keeps what it measured."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from bench.flops import measure_matmul_peak, vae_flops_per_image
     from model.vae import VAEConfig
@@ -163,6 +167,8 @@ def run(quick: bool = False, json_path: str | None = None, device: str | None = 
     fpi = vae_flops_per_image(VAEConfig())
     peaks = {amp: measure_matmul_peak(device, torch.float32 if amp == "off" else torch.bfloat16,
                                       seconds=0.2 if quick else 1.0) for amp in {v.amp for v in grid}}
+    settings = {"device": str(device), "quick": quick, "warmup_steps": warmup, "steps": steps, "repeats": repeats,
+                "flops_per_image": fpi, "matmul_peak_flops": peaks, "budget_s": budget_s}
     rows, started = [], time.perf_counter()
     for v in grid:
         if budget_s is not None and rows and time.perf_counter() - started > budget_s:
@@ -171,6 +177,10 @@ def run(quick: bool = False, json_path: str | None = None, device: str | None = 
         r = time_variant(v, device, warmup=warmup, steps=steps, repeats=repeats)
         r["mfu"] = fpi * r["images_per_s"] / peaks[v.amp]
         rows.append(r)
+        if print_results:
+            print(f"  {v.label}: {r['images_per_s']:,.0f} images/s, warm-up {r['warmup_s']:.1f} s", flush=True)
+        if json_path:  # a run cut short (a device call's time limit) keeps the rows measured so far
+            save_json(json_path, "train_step", {"rows": rows, "skipped": skipped, "complete": False}, settings)
     rows.sort(key=lambda r: (r["batch_size"], COMPILE_MODES.index(r["compile"]), r["amp"] != "off", r["loss"]))
     # The headline ratio the issue asks for: compile+bf16 vs eager fp32 at the largest common batch.
     speedups = {}
@@ -185,9 +195,8 @@ def run(quick: bool = False, json_path: str | None = None, device: str | None = 
         if compiled_bf16:
             speedups[f"compile_bf16_vs_eager_fp32@B{b}"] = max(r["speedup_vs_eager_fp32"] for r in compiled_bf16)
     best = max(rows, key=lambda r: r["images_per_s"]) if rows else None
-    settings = {"device": str(device), "quick": quick, "warmup_steps": warmup, "steps": steps, "repeats": repeats,
-                "flops_per_image": fpi, "matmul_peak_flops": peaks, "budget_s": budget_s}
-    results = {"rows": rows, "skipped": skipped, "best": best and best["variant"], "speedups": speedups}
+    results = {"rows": rows, "skipped": skipped, "best": best and best["variant"], "speedups": speedups,
+               "complete": True}
     if print_results:
         print_table(
             f"train step on device-resident data ({device})",

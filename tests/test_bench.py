@@ -93,6 +93,26 @@ def test_train_step_budget_skips_later_variants_but_always_times_one():
     assert "eager/bf16/torch-loss/B8" in [s["variant"] for s in skipped if "budget" in s["reason"]]
 
 
+def test_train_step_json_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatch):
+    import bench.train_step as ts
+
+    real, calls = ts.time_variant, []
+
+    def dies_on_the_second(v, *a, **kw):
+        calls.append(v.label)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a device call's time limit looks like from inside
+        return real(v, *a, **kw)
+
+    monkeypatch.setattr(ts, "time_variant", dies_on_the_second)
+    out = tmp_path / "ts.json"
+    with pytest.raises(KeyboardInterrupt):
+        ts.run(quick=True, json_path=str(out), device="cpu", batch_sizes=[8], print_results=False)
+    doc = json.loads(out.read_text())
+    assert doc["results"]["complete"] is False
+    assert [r["variant"] for r in doc["results"]["rows"]] == [calls[0]]
+
+
 def test_loader_bench_caps_each_epoch_at_max_images(shards_dir):
     from bench.loader import run
     from pipeline.errors import ConfigError
