@@ -96,7 +96,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
 
         model = DDP(raw, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
     if rt.compile:
-        model = torch.compile(model)
+        model = rt.compiled(model)
     loss_fn = make_loss_fn(impl, compile_eager=rt.compile)
 
     # ------------------------------------------------------------------ optimizer
@@ -140,7 +140,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
 
     if rt.is_main:
         console.print(f"[bold]run:[/] {run_dir}  |  {rt.describe()['device_name']} × {world_size}  |  amp {rt.amp}, "
-                      f"channels_last {rt.channels_last}, compile {rt.compile}, loss {impl}, loader {train_loader.backend}")
+                      f"channels_last {rt.channels_last}, compile {rt.compile_mode if rt.compile else False}, loss {impl}, loader {train_loader.backend}")
         console.print(f"[bold]model:[/] {n_params:,} parameters  |  {steps_per_epoch} steps/epoch × {cfg['epochs']} epochs, "
                       f"global batch {cfg['batch_size'] * world_size}"
                       + (f"  |  resuming at step {step} (epoch {start_epoch + 1}, batch {skip_batches})" if resume else ""))

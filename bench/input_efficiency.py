@@ -35,7 +35,7 @@ def trainer_variant(device: torch.device, batch_size: int | None = None) -> tupl
     cfg = read_config_file()
     rt = resolve_runtime(cfg, device=device)
     loss = resolve_impl(cfg["loss_impl"], device)
-    return Variant("default" if rt.compile else "eager", rt.amp, loss, batch_size or cfg["batch_size"]), cfg
+    return Variant(rt.compile_mode if rt.compile else "eager", rt.amp, loss, batch_size or cfg["batch_size"]), cfg
 
 
 def train_loader(shards: Path, v: Variant, runtime: Any, cfg: dict[str, Any], backend: str = "auto"):

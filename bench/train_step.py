@@ -50,7 +50,8 @@ def build_harness(v: Variant, device: torch.device, *, image_size: int = 64, see
 
     torch.manual_seed(seed)
     channels_last = v.amp != "off" or device.type == "cuda"
-    rt = Runtime(device, 0, 0, 1, v.amp, channels_last, v.compile != "eager", False)
+    rt = Runtime(device, 0, 0, 1, v.amp, channels_last, v.compile != "eager", False,
+                 "default" if v.compile == "eager" else v.compile)
     raw = ConvVAE(VAEConfig(image_size=image_size), loss_impl=v.loss)
     raw = raw.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model = raw
@@ -58,7 +59,7 @@ def build_harness(v: Variant, device: torch.device, *, image_size: int = 64, see
         # Each variant compiles from scratch: otherwise dynamo's cache from the previous batch size
         # would make this one dynamic-shaped (slower) and charge its compile to the wrong row.
         torch._dynamo.reset()
-        model = torch.compile(raw, mode=None if v.compile == "default" else v.compile)
+        model = rt.compiled(raw)
     loss_fn = make_loss_fn(v.loss, compile_eager=v.compile != "eager")
     opt = torch.optim.AdamW(raw.parameters(), lr=1e-3, foreach=True)
     scaler = rt.grad_scaler()

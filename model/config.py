@@ -80,6 +80,9 @@ SCHEMA: dict[str, Key] = {
                choices=("auto", "bf16", "fp16", "off")),
     "channels_last": Key("auto_bool", "NHWC memory format: auto | true | false"),
     "compile": Key("auto_bool", "torch.compile the model (and the eager loss): auto | true | false"),
+    "compile_mode": Key("str", "torch.compile mode for the model: default | reduce-overhead (CUDA graphs) | "
+                               "max-autotune | max-autotune-no-cudagraphs",
+                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
     "sync_batchnorm": Key("bool", "SyncBatchNorm under DDP (CUDA only; per-rank BatchNorm otherwise)"),
     # loader
     "backend": Key("str", "loader backend: auto | dali | dali-gpu | dali-cpu | webdataset",

@@ -27,6 +27,7 @@ class Runtime:
     channels_last: bool
     compile: bool
     sync_batchnorm: bool
+    compile_mode: str = "default"  # torch.compile mode when compile is on (see COMPILE_MODES)
 
     @property
     def is_main(self) -> bool:
@@ -46,6 +47,12 @@ class Runtime:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``torch.compile(model)`` in this run's mode. "reduce-overhead" replays the step as CUDA
+        graphs: at small batches this model is launch-bound, and graphs remove the per-kernel launch
+        cost (bench.train_step measures every mode)."""
+        return torch.compile(model, mode=None if self.compile_mode == "default" else self.compile_mode)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A GradScaler that is only enabled for fp16 (bf16 has fp32's range and needs none)."""
@@ -136,4 +143,4 @@ def resolve_runtime(cfg: dict[str, Any], rank: int = 0, local_rank: int = 0, wor
     if sync_bn and world_size > 1 and not cuda:
         raise ConfigError("sync_batchnorm needs CUDA (torch's SyncBatchNorm has no CPU kernel); set it to false")
     return Runtime(device, rank, local_rank, world_size, amp, bool(channels_last), bool(compile_),
-                   sync_bn and world_size > 1)
+                   sync_bn and world_size > 1, cfg["compile_mode"])

@@ -94,6 +94,7 @@ def test_config_json_holds_every_key_and_validates():
 @pytest.mark.parametrize("key,value,match", [
     ("beta", -1, "beta"), ("loss_impl", "cuda-magic", "loss_impl"), ("epochs", 0, "epochs"),
     ("channels", "32,x", "channels"), ("amp", "fp8", "amp"), ("compile", "maybe", "compile"),
+    ("compile_mode", "turbo", "compile_mode"),
     ("image_size", 60, "multiple"), ("batch_size", None, "null"),
 ])
 def test_bad_values_raise_config_error(key, value, match):

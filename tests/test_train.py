@@ -241,3 +241,18 @@ def test_compiled_step_matches_eager(monkeypatch):
     (eager_losses, eager_params), (comp_losses, comp_params) = results
     assert comp_losses == pytest.approx(eager_losses, rel=1e-4)
     torch.testing.assert_close(comp_params, eager_params, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode,expected", [("default", None), ("reduce-overhead", "reduce-overhead"),
+                                           ("max-autotune", "max-autotune")])
+def test_compile_mode_reaches_torch_compile(monkeypatch, mode, expected):
+    """config's compile_mode is the mode train.py (and the bench harness) compile the model with."""
+    from model.config import read_config_file, validate
+    from model.runtime import resolve_runtime
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    rt = resolve_runtime(validate({**read_config_file(), "compile": "true", "compile_mode": mode}), device="cpu")
+    assert rt.compile and rt.compile_mode == mode
+    net = torch.nn.Linear(2, 2)
+    assert rt.compiled(net) is net and seen == [expected]
