@@ -86,7 +86,7 @@ def _dali_pipeline_epoch(shards: Path, batch_size: int, threads: int, roi_decode
                            roi_decode=roi_decode, batch_size=batch_size, num_threads=threads, device_id=None,
                            prefetch_queue_depth=2, seed=0)
     pipe.build()
-    batches = _capped(split.count, max_images) // batch_size
+    batches = _capped_batches(split.count, batch_size, max_images)
 
     def run() -> int:
         for _ in range(batches):
@@ -106,7 +106,7 @@ def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int,
     from pipeline.transforms import crop_box
 
     split = read_split(shards, "train")
-    samples = part_samples(split.shards, 0, split.count)[:_capped(split.count, max_images)]
+    samples = part_samples(split.shards, 0, split.count)[:_capped_batches(split.count, batch_size, max_images) * batch_size]
     handles = {s.tar: open(s.tar, "rb") for s in split.shards}
 
     def read(s) -> torch.Tensor:
@@ -130,8 +130,11 @@ def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int,
     return run
 
 
-def _capped(count: int, max_images: int | None) -> int:
-    return count if max_images is None else min(count, max_images)
+def _capped_batches(count: int, batch_size: int, max_images: int | None) -> int:
+    """Full batches per timed epoch: all of them, or up to the first that reaches ``max_images``
+    (where the make_loader rows stop too)."""
+    full = count // batch_size
+    return full if max_images is None else min(full, -(-max_images // batch_size))
 
 
 def configurations(shards: Path, device: torch.device, batch_size: int, cores: int,

@@ -131,7 +131,7 @@ def variants(device: torch.device, quick: bool, batch_sizes: list[int] | None) -
         grid += [("reduce-overhead", "bf16", l, b) for l in ("torch", "triton") for b in small]
         grid += [("max-autotune", "bf16", l, b) for l in ("torch", "triton")
                  for b in (batch_sizes if explicit else [b for b in batch_sizes if b == HEADLINE_BATCH])]
-    keep, skipped = [], []
+
     def priority(g: tuple[str, str, str, int]) -> tuple:
         # headline batch, then the smaller batches, then the CUDA-graph rows (max-autotune, the slowest
         # to compile, last), then the larger batches
@@ -141,6 +141,7 @@ def variants(device: torch.device, quick: bool, batch_sizes: list[int] | None) -
         group = 0 if batch == HEADLINE_BATCH else 1 if batch < HEADLINE_BATCH else 3
         return group, batch_sizes.index(batch), COMPILE_MODES.index(mode), amp != "off", loss
 
+    keep, skipped = [], []
     for c, a, l, b in sorted(grid, key=priority):
         v = Variant(c, a, l, b)
         if l == "triton" and not cuda:

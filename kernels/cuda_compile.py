@@ -89,21 +89,16 @@ def compile_only(arch: int) -> Iterator[list[dict[str, Any]]]:
         records.append(record)
         return compiled
 
+    # The previous driver, possibly None (not created yet): reading ``driver.active`` would try
+    # to create the real one, which fails where there is no GPU.
+    previous = driver._active
     driver.set_active(_CompileOnlyDriver(GPUTarget("cuda", arch, 32)))
     JITFunction.run = run
     try:
         yield records
     finally:
         JITFunction.run = original_run
-        driver.reset_active() if _has_default_driver(driver) else setattr(driver, "_active", None)
-
-
-def _has_default_driver(driver: Any) -> bool:
-    try:
-        driver.default  # noqa: B018 -- probing: raises where no GPU driver is active
-        return True
-    except Exception:
-        return False
+        driver.set_active(previous)
 
 
 def _describe(v: Any) -> Any:

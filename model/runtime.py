@@ -27,7 +27,7 @@ class Runtime:
     channels_last: bool
     compile: bool
     sync_batchnorm: bool
-    compile_mode: str = "default"  # torch.compile mode when compile is on (see COMPILE_MODES)
+    compile_mode: str = "default"  # torch.compile mode when compile is on (config key compile_mode)
 
     @property
     def is_main(self) -> bool:

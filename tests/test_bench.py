@@ -121,6 +121,9 @@ def test_loader_bench_caps_each_epoch_at_max_images(shards_dir):
               max_images=40)
     measured = [r for r in doc["results"]["rows"] if r.get("images_per_s")]
     assert len(measured) == 2 and all(r["images"] == 48 for r in measured)  # 40 rounded up to whole batches
+    from bench.loader import _dali_pipeline_epoch
+
+    assert _dali_pipeline_epoch(shards_dir, 16, 1, True, max_images=40)() == 48  # the ablation rows stop there too
     with pytest.raises(ConfigError, match="at least the batch size"):
         run(shards_dir, quick=True, batch_size=16, device="cpu", only=["DALI-CPU 1"], max_images=8)
 
