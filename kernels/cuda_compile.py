@@ -43,7 +43,9 @@ class _CompileOnlyDriver:
         return self.target
 
     def get_current_device(self) -> int:
-        return 0
+        # Triton keys its per-kernel caches (and the target they were built for) by device, so each
+        # architecture gets its own key: sm_80 after sm_90 must not reuse sm_90's binder and cubins.
+        return self.target.arch
 
     def get_current_stream(self, device: int | None = None) -> int:
         return 0
@@ -79,6 +81,7 @@ def compile_only(arch: int) -> Iterator[list[dict[str, Any]]]:
             return None
         record["seconds"] = time.perf_counter() - t0
         meta = compiled.metadata
+        built_for = getattr(getattr(meta, "target", None), "arch", None)
         record["shared_bytes"] = int(getattr(meta, "shared", 0))
         record["num_warps"] = int(getattr(meta, "num_warps", 0))
         limit = MAX_SHARED.get(arch)
@@ -86,12 +89,14 @@ def compile_only(arch: int) -> Iterator[list[dict[str, Any]]]:
             record["error"] = f"needs {record['shared_bytes']} B of shared memory; sm_{arch} has {limit} B per block"
         if "cubin" not in compiled.asm:
             record["error"] = "no cubin was produced"
+        if built_for != arch:
+            record["error"] = f"compiled for sm_{built_for}, not sm_{arch}"
         records.append(record)
         return compiled
 
     # The previous driver, possibly None (not created yet): reading ``driver.active`` would try
     # to create the real one, which fails where there is no GPU.
-    previous = driver._active
+    previous = getattr(driver, "_active", None)
     driver.set_active(_CompileOnlyDriver(GPUTarget("cuda", arch, 32)))
     JITFunction.run = run
     try:

@@ -81,6 +81,32 @@ def test_a_kernel_only_the_interpreter_accepts_is_reported(tmp_path):
     assert "Loop-carried variable acc" in compiled.stdout
 
 
+def test_each_architecture_gets_its_own_build(tmp_path):
+    """Triton caches a kernel's builds per device: sm_80 after sm_90 must be built for sm_80."""
+    (tmp_path / "copy_kernel.py").write_text(textwrap.dedent("""
+        import triton
+        import triton.language as tl
+
+
+        @triton.jit
+        def copy(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+    """))
+    done = _python("-c", textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(tmp_path)!r})
+        import torch
+        from kernels.cuda_compile import compile_only
+        from copy_kernel import copy
+        for arch in (90, 80):
+            with compile_only(arch) as launches:
+                copy[(1,)](torch.ones(8), torch.empty(8), 8, BLOCK=8)
+            print(arch, launches[0].get("error", "ok"))
+    """))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["90", "ok", "80", "ok"], done.stdout
+
+
 def test_importing_it_under_the_interpreter_is_one_clear_error():
     env_script = "import os; os.environ['TRITON_INTERPRET'] = '1'; import kernels.cuda_compile"
     done = _python("-c", env_script)
