@@ -6,8 +6,9 @@
 #   setup      install DALI from the staged parts (../shared/GPU.md) unless it imports already
 #   data       generate + preshard a CelebA-sized synthetic set ($N images, train split 162,770)
 #   tests      the whole test suite: on CUDA the kernels compile for real, DALI decodes with nvJPEG
-#   loader     bench parts loader + loss (loader epochs capped at $LOADER_MAX_IMAGES images)
-#   step       bench part train_step (no new variant after $STEP_BUDGET s)
+#   loader     bench parts loader + loss (loader epochs capped at $LOADER_MAX_IMAGES images; DALI-GPU's
+#              hardware-decoder share swept)
+#   step       bench.train_step alone (no new variant after $STEP_BUDGET s; JSON rewritten per variant)
 #   input      bench parts input + profile on the CelebA-sized split: a real epoch, NVML, trace
 #   train      train.py for $TRAIN_EPOCHS epochs on that split (per-epoch images/s and GPU %)
 #
@@ -56,7 +57,6 @@ step_data() {
 
 step_tests() {
   step_setup
-  set -o pipefail
   "$PY" -m pytest -q -p no:cacheprovider -ra 2>&1 | tee "$OUT/pytest.log" | tail -n 25
 }
 
@@ -83,7 +83,7 @@ step_train() {
   cp "$HOME/runs/celeba-size/training_log.png" "$OUT/" 2>/dev/null || true
 }
 
-[ $# -gt 0 ] || { sed -n '2,16p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,/^set /{/^#/p}' "$0"; exit 2; }
 for s in "$@"; do
   case $s in
     setup|data|tests|loader|step|input|train) log "step $s"; "step_$s" ;;
