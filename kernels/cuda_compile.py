@@ -2,8 +2,8 @@
 
 The tests run the kernels under ``TRITON_INTERPRET=1``, which checks their arithmetic but not
 that they build: the interpreter executes the kernel body with numpy and accepts code that
-Triton's compiler rejects (mismatched types in ``tl.where``, a non-constexpr shape, a cast the
-backend lacks, ...). This module drives the real launchers -- forward and backward of every
+Triton's compiler rejects (a loop-carried variable whose type changes, for one; the tests show
+it). This module drives the real launchers -- forward and backward of every
 autograd.Function, in each dtype and each constexpr branch the wrappers can take -- on CPU
 tensors, while a stand-in driver reports a CUDA target (sm_90, the H100, by default) and every
 launch becomes a compile-only warm-up. Triton then specializes the arguments as it would on the
