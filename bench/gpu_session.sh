@@ -30,7 +30,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 log() { echo "== $(date -u +%H:%M:%S) $*"; }
 
-step_setup() {
+SETUP_DONE=0
+step_setup() {  # every step calls it first; it runs once per invocation
+  [ "$SETUP_DONE" = 1 ] && return
   if "$PY" -c 'import nvidia.dali, webdataset' 2>/dev/null; then
     log "DALI and webdataset already importable"
   elif [ -f .dali/install-dali ]; then
@@ -44,6 +46,7 @@ import torch, triton, nvidia.dali as dali
 print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "dali", dali.__version__)
 print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
 EOF
+  SETUP_DONE=1
 }
 
 step_data() {

@@ -124,7 +124,7 @@ def run(shards: str | Path, quick: bool = False, json_path: str | None = None, d
         "train_images": split_images,
         # Only a full pass over the split is an epoch time (pipeline rebuild and warm-up steps
         # included); --quick measures a few steps.
-        "epoch_seconds": None if max_steps is not None else fed_wall_s,
+        "epoch_seconds": fed_wall_s if full else None,
         "celeba_epoch_seconds": celeba_epoch,
         "celeba_epoch_measured": celeba_measured,
     }
