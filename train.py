@@ -18,16 +18,19 @@ from pathlib import Path
 
 import torch
 
-from bench.flops import vae_flops_per_image
-from model.artifacts import plot_interpolation, plot_pairs, plot_samples, plot_training_log
-from model.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_atomic, set_rng_state
-from model.config import build_parser, model_mismatch, parse_overrides, read_config_file, validate
-from model.data import open_loader, prepare_default_data
-from model.evaluate import evaluate
-from model.metrics_log import MetricsLog
-from model.progress import EpochProgress, epoch_table, make_console
-from model.runtime import init_distributed, resolve_runtime, shutdown_distributed
-from model.train_step import NonFiniteWatch, TrainingDiverged, beta_at, lr_at, make_loss_fn, train_step
+from kernels import resolve_impl
+from model.flops import vae_flops_per_image
+from model.training.artifacts import plot_interpolation, plot_pairs, plot_samples, plot_training_log
+from model.training.build import build_model
+from model.training.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_atomic, set_rng_state
+from model.training.config import build_parser, model_mismatch, parse_overrides, read_config_file, validate
+from model.training.data import open_loader, prepare_default_data
+from model.training.evaluate import evaluate
+from model.training.metrics_log import MetricsLog
+from model.training.peak import measure_matmul_peak
+from model.training.progress import EpochProgress, epoch_table, make_console
+from model.training.runtime import init_distributed, resolve_runtime, shutdown_distributed
+from model.training.train_step import NonFiniteWatch, TrainingDiverged, beta_at, lr_at, make_loss_fn, train_step
 from model.vae import ConvVAE, VAEConfig, count_parameters
 from pipeline.errors import ConfigError, cli_entry
 
@@ -61,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: int, world_size: int,
          t_start: float) -> int:
-    from kernels import resolve_impl
-
     rt = resolve_runtime(cfg, rank, local_rank, world_size)
     console = make_console(rt.is_main)
     ckpt_dir = run_dir / "checkpoints"
@@ -76,27 +77,14 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     train_loader = open_loader(cfg, rt, shards, "train", train=True)
     val_loader = open_loader(cfg, rt, shards, "val")
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size {cfg['batch_size']} × {world_size} process(es) is larger than the "
-                          f"training split ({train_loader.num_samples} samples on this rank); lower batch_size")
+    steps_per_epoch = len(train_loader)  # ≥ 1: make_loader refuses a batch larger than a rank's part
     total_steps = cfg["epochs"] * steps_per_epoch
 
     # ------------------------------------------------------------------ model
-    raw = ConvVAE(VAEConfig.from_dict(cfg), loss_impl=impl)
+    raw, model = build_model(VAEConfig.from_dict(cfg), rt, impl)
     n_params = count_parameters(raw)
     # Counting FLOPs imports torch._dynamo (~1.5 s): only worth it where the MFU line is shown.
     flops_per_image = vae_flops_per_image(raw.cfg) if rt.device.type == "cuda" else None
-    if rt.sync_batchnorm:
-        raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
-    raw = raw.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
-    model = raw
-    if rt.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(raw, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-    if rt.compile:
-        model = rt.compiled(model)
     loss_fn = make_loss_fn(impl, compile_eager=rt.compile)
 
     # ------------------------------------------------------------------ optimizer
@@ -255,8 +243,6 @@ def _device_peak_flops(rt) -> float | None:
     """Measured matmul peak of the GPU in the AMP dtype: the MFU denominator (CUDA only)."""
     if rt.device.type != "cuda":
         return None
-    from bench.flops import measure_matmul_peak
-
     return measure_matmul_peak(rt.device, rt.amp_dtype or torch.float32)
 
 
@@ -276,15 +262,14 @@ def _write_pictures(raw: ConvVAE, cfg: dict, rt, shards: Path, run_dir: Path, fa
     loader.close()
     x = torch.cat(images)[:need]
     with rt.autocast():
-        mu, _ = raw.encode(x)
-        recon = torch.sigmoid(raw.decode_logits(mu).float())
         n = cfg["n_reconstructions"]
-        plot_pairs(x[:n].cpu(), recon[:n].cpu(), run_dir / "reconstructions.png",
+        plot_pairs(x[:n].cpu(), raw.reconstruct(x[:n]).cpu(), run_dir / "reconstructions.png",
                    title="test images (top) and reconstructions through the posterior mean (bottom)", labels=keys[:n])
         z = torch.randn(cfg["n_samples"], raw.cfg.latent_dim, generator=gen, device=rt.device)
-        plot_samples(torch.sigmoid(raw.decode_logits(z).float()).cpu(), run_dir / "samples.png")
+        plot_samples(raw.decode(z).cpu(), run_dir / "samples.png")
+        mu, _ = raw.encode(x[:2])
         t = torch.linspace(0, 1, cfg["n_interpolation"], device=rt.device)[:, None]
-        walk = torch.sigmoid(raw.decode_logits((1 - t) * mu[0].float() + t * mu[1].float()).float())
+        walk = raw.decode((1 - t) * mu[0].float() + t * mu[1].float())
         plot_interpolation(x[0].cpu(), x[1].cpu(), walk.cpu(), run_dir / "interpolation.png", keys=(keys[0], keys[1]))
     pixels = x[0].numel()
     plot_pairs(torch.stack([f.image for f in failures]), torch.stack([f.reconstruction for f in failures]),

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from bench.common import print_table, save_json
 from pipeline.errors import DataError, cli_entry
+from pipeline.loader import resolve_device
 
 PARTS = ("loader", "loss", "train_step", "input", "profile")
 
@@ -28,16 +29,10 @@ DEFAULT_SYNTHETIC_IMAGES = {True: 1200, False: 6000}
 
 def default_shards(out_dir: Path, quick: bool, n: int | None = None) -> Path:
     """Synthetic CelebA shards of ``n`` images under ``out_dir``, generated once (reused if there)."""
-    from pipeline.preshard import preshard
-    from pipeline.synthetic import write_synthetic_celeba
+    from model.training.data import synthetic_shards
 
     n = n or DEFAULT_SYNTHETIC_IMAGES[quick]
-    src, shards = out_dir / f"synthetic-{n}", out_dir / f"shards-{n}"
-    if not (shards / "manifest.json").exists():
-        if not (src / "list_eval_partition.txt").exists():
-            write_synthetic_celeba(src, n=n, seed=0, progress=True)
-        preshard(src, shards, progress=True)
-    return shards
+    return synthetic_shards(out_dir / f"synthetic-{n}", out_dir / f"shards-{n}", n, seed=0)
 
 
 def _part_runners(shards: Path, out_dir: Path, quick: bool, device: str | None, batch_size: int | None,
@@ -102,7 +97,7 @@ def run(shards: str | Path | None = None, quick: bool = False, json_path: str | 
         seconds[part] = time.perf_counter() - t0
     import torch
 
-    on_gpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    on_gpu = resolve_device(device).type == "cuda"
     summary = summarize(docs, on_gpu)
     print_table("summary: measured vs the targets for one H100", ["measure", "value", "target (H100)", "met"],
                 [(r["measure"], r["value"], r["target (H100)"], {True: "yes", False: "no", None: "—"}[r["met"]])

@@ -15,7 +15,7 @@ def env_info() -> dict[str, Any]:
     """Device, library versions and git commit: stored with every JSON result."""
     import torch
 
-    from pipeline import usable_cores
+    from pipeline.parallel import usable_cores
 
     info: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

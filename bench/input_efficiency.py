@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from bench.common import print_table, save_json, sync
-from bench.gpu_util import GpuUtilSampler
+from model.training.gpu_util import GpuUtilSampler
 from bench.train_step import Variant, build_harness, resident_batch
 from pipeline.errors import DataError, cli_entry
+from pipeline.loader import resolve_device
 
 #: Images in CelebA's train split: the epoch the issue's "< 10 s per epoch" target is about.
 CELEBA_TRAIN_IMAGES = 162_770
@@ -29,8 +30,8 @@ CELEBA_TRAIN_IMAGES = 162_770
 def trainer_variant(device: torch.device, batch_size: int | None = None) -> tuple[Variant, dict[str, Any]]:
     """The variant train.py would run with config.json's defaults on ``device``."""
     from kernels import resolve_impl
-    from model.config import read_config_file
-    from model.runtime import resolve_runtime
+    from model.training.config import read_config_file
+    from model.training.runtime import resolve_runtime
 
     cfg = read_config_file()
     rt = resolve_runtime(cfg, device=device)
@@ -39,8 +40,8 @@ def trainer_variant(device: torch.device, batch_size: int | None = None) -> tupl
 
 
 def train_loader(shards: Path, v: Variant, runtime: Any, cfg: dict[str, Any], backend: str = "auto"):
-    """The trainer's own train loader (``model.data.open_loader``) at this variant's batch size."""
-    from model.data import open_loader
+    """The trainer's own train loader (``model.training.data.open_loader``) at this variant's batch size."""
+    from model.training.data import open_loader
 
     return open_loader({**cfg, "batch_size": v.batch_size, "backend": backend}, runtime, shards, "train", train=True)
 
@@ -75,7 +76,7 @@ def _timed_epoch(batches, step, max_steps: int | None, warmup: int, device: torc
 def run(shards: str | Path, quick: bool = False, json_path: str | None = None, device: str | None = None,
         batch_size: int | None = None, backend: str = "auto", print_results: bool = True) -> dict[str, Any]:
     shards = Path(shards)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     v, cfg = trainer_variant(device, batch_size)
     warmup = 2 if quick else 10
     max_steps = 4 if quick else None  # None: the whole train split, which gives the epoch time too

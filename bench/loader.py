@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from bench.common import median, print_table, save_json, sync
-from pipeline import usable_cores
 from pipeline.errors import ConfigError
+from pipeline.parallel import usable_cores
 
 
 #: Hardware-JPEG-decoder shares tried on CUDA beside DALI's default of 0.65 (config key hw_decoder_load).
@@ -79,7 +79,7 @@ def _dali_pipeline_epoch(shards: Path, batch_size: int, threads: int, roi_decode
                          max_images: int | None = None) -> Callable[[], int]:
     """The raw DALI-CPU graph (no PyTorch hand-over) with or without ROI decode: the ablation."""
     from pipeline.dali_pipeline import celeba_pipeline
-    from pipeline.loader import read_split
+    from pipeline.shards import read_split
 
     split = read_split(shards, "train")
     pipe = celeba_pipeline([str(s.tar) for s in split.shards], [str(s.index) for s in split.shards],
@@ -102,7 +102,7 @@ def _torchvision_epoch(shards: Path, batch_size: int, crop: int, size: int,
     import torch.nn.functional as F
     from torchvision.io import decode_jpeg
 
-    from pipeline.loader import part_samples, read_split
+    from pipeline.shards import part_samples, read_split
     from pipeline.transforms import crop_box
 
     split = read_split(shards, "train")
@@ -189,7 +189,8 @@ def run(shards: str | os.PathLike, quick: bool = False, json_path: str | os.Path
     """Measure every configuration; print a table; return (and optionally save) the JSON document."""
     from rich.console import Console
 
-    from pipeline.loader import read_split, resolve_device
+    from pipeline.loader import resolve_device
+    from pipeline.shards import read_split
 
     console = Console()
     shards = Path(shards)

@@ -20,6 +20,7 @@ from bench.common import print_table, save_json, sync
 from bench.input_efficiency import train_loader, trainer_variant
 from bench.train_step import build_harness
 from pipeline.errors import DataError, cli_entry
+from pipeline.loader import resolve_device
 
 #: Trace event categories that occupy the GPU.
 _GPU_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
@@ -60,7 +61,7 @@ def run(shards: str | Path, quick: bool = False, out_dir: str | Path = "bench_ou
         print_results: bool = True) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = steps or (3 if quick else 20)

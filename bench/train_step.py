@@ -1,6 +1,6 @@
 """Train-step throughput on device-resident data: the upper bound the input pipeline is judged against.
 
-Runs the trainer's own step (``model.train_step.train_step``) for every combination of
+Runs the trainer's own step (``model.training.train_step.train_step``) for every combination of
 {eager, torch.compile (default / reduce-overhead / max-autotune)} × {fp32, bf16 AMP} ×
 {eager loss, fused Triton loss} × batch size, on one batch that already sits on the device, and
 reports images/s, ms/step and an MFU-style line (counted FLOPs ÷ measured matmul peak).
@@ -19,6 +19,7 @@ import torch
 
 from bench.common import median, print_table, save_json, sync
 from pipeline.errors import cli_entry
+from pipeline.loader import resolve_device
 
 
 @dataclass(frozen=True)
@@ -44,22 +45,20 @@ class Harness:
 
 def build_harness(v: Variant, device: torch.device, *, image_size: int = 64, seed: int = 0) -> Harness:
     """The trainer's model + AdamW + step for variant ``v`` (the same pieces train.py wires together)."""
-    from model.runtime import Runtime
-    from model.train_step import make_loss_fn, train_step
-    from model.vae import ConvVAE, VAEConfig
+    from model.training.build import build_model
+    from model.training.runtime import Runtime
+    from model.training.train_step import make_loss_fn, train_step
+    from model.vae import VAEConfig
 
     torch.manual_seed(seed)
     channels_last = v.amp != "off" or device.type == "cuda"
     rt = Runtime(device, 0, 0, 1, v.amp, channels_last, v.compile != "eager", False,
                  "default" if v.compile == "eager" else v.compile)
-    raw = ConvVAE(VAEConfig(image_size=image_size), loss_impl=v.loss)
-    raw = raw.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    model = raw
-    if v.compile != "eager":
+    if rt.compile:
         # Each variant compiles from scratch: otherwise dynamo's cache from the previous batch size
         # would make this one dynamic-shaped (slower) and charge its compile to the wrong row.
         torch._dynamo.reset()
-        model = rt.compiled(raw)
+    raw, model = build_model(VAEConfig(image_size=image_size), rt, v.loss)
     loss_fn = make_loss_fn(v.loss, compile_eager=v.compile != "eager")
     opt = torch.optim.AdamW(raw.parameters(), lr=1e-3, foreach=True)
     scaler = rt.grad_scaler()
@@ -160,8 +159,8 @@ def run(quick: bool = False, json_path: str | None = None, device: str | None = 
     seconds (the first always runs) are listed as skipped instead -- the grid is in priority order,
     the headline batch first -- so the part fits a bounded call on a lent GPU; with ``json_path`` the
     file is rewritten after every variant, so a run cut short keeps what it measured."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    from bench.flops import measure_matmul_peak, vae_flops_per_image
+    device = resolve_device(device)
+    from model.flops import measure_matmul_peak, vae_flops_per_image
     from model.vae import VAEConfig
 
     grid, skipped = variants(device, quick, batch_sizes)

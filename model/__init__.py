@@ -1,0 +1,12 @@
+"""The Conv-VAE and what training it takes.
+
+    vae.py        the seed's network (ConvVAE, VAEConfig); the loss path comes from ``kernels``
+    flops.py      its counted FLOPs per image (the MFU numerator)
+    summary.py    ``python -m model.summary``: layer table and parameter count
+    training/     the trainer's helpers, used by train.py: config, runtime (device, DDP, AMP,
+                  compile), data (shards → loaders), build (model on the device, DDP, compile),
+                  train_step, evaluate, checkpoint, metrics_log, progress, artifacts (pictures),
+                  gpu_util (NVML sampler), peak (measured matmul peak, the MFU denominator)
+
+``model`` may import ``pipeline`` and ``kernels``; it never imports ``train`` or ``bench``.
+"""

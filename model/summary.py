@@ -82,7 +82,7 @@ def print_summary(model: ConvVAE) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.config import load_config
+    from model.training.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m model.summary", description=__doc__.splitlines()[0])
     cfg = load_config(argv, parser=parser)

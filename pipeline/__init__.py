@@ -1,22 +1,33 @@
 """The one way in for data: CelebA (or synthetic faces) → WebDataset shards → image batches.
 
-Heavy imports (torch, DALI) happen lazily so that ``python -m pipeline.preshard``
-and ``python -m pipeline.synthetic`` start fast and need neither.
+Where things are:
+
+    layout.py            SPLITS, manifest format, the re-shard hint (shared names)
+    errors.py            UserError / DataError / ConfigError and ``cli_entry`` (every CLI's wrapper)
+    parallel.py          core count, ordered process-pool map, progress bar
+    celeba.py            CelebA as distributed (folder or zip, partition and attribute lists)
+    synthetic/           procedurally drawn faces in CelebA's layout (the embedded default)
+    preshard/            CelebA → validated WebDataset tars + DALI index files + manifest.json
+    wds_index.py         DALI's index format (write, parse)
+    shards.py            reading the manifest and index files of one split
+    epoch.py             rank parts, batches per epoch, per-epoch shuffle order and seeds
+    transforms.py        the crop + resize contract in PIL
+    loader.py            ``make_loader``: checks its arguments and picks a backend
+    loader_base.py       what every backend shares (settings, epoch plan, batch hand-over)
+    dali_pipeline.py     the DALI graph; dali_loader.py its loader; dali_errors.py its errors explained
+    webdataset_loader.py webdataset + PIL + DataLoader workers, for machines without DALI
+
+Heavy imports (torch, DALI) happen lazily so that ``python -m pipeline.preshard`` and
+``python -m pipeline.synthetic`` start fast and need neither. Nothing here imports ``kernels``,
+``model``, ``train`` or ``bench``.
 """
 from __future__ import annotations
 
-import os
-
 from .errors import ConfigError, DataError, UserError
+from .parallel import usable_cores
 
 __all__ = ["make_loader", "preshard", "write_synthetic_celeba", "usable_cores", "DataError", "ConfigError",
            "UserError"]
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's total): the default
-    worker/thread count of preshard, the synthetic generator and the loader."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 _LAZY = {
     "make_loader": ("pipeline.loader", "make_loader"),

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 from .errors import DataError
 
 INDEX_VERSION = "v1.2"
+_HINT = "; rerun `python -m pipeline.preshard` to rebuild the shards and their indexes"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,19 @@ def write_index(path: str | os.PathLike, samples: Sequence[Sample]) -> None:
     Path(path).write_text(format_index(samples), encoding="utf-8", newline="\n")
 
 
+def read_index_header(path: str | os.PathLike) -> int:
+    """The sample count in an index file's first line, reading nothing else (a cheap check at start-up)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.readline().split()
+    except OSError as err:
+        raise DataError(f"cannot read index file {path}: {err}{_HINT}") from None
+    if len(head) != 2 or head[0] != INDEX_VERSION.encode() or not head[1].isdigit():
+        raise DataError(f"{path}:1: expected '{INDEX_VERSION} <count>', got {b' '.join(head)[:40]!r}{_HINT}")
+    return int(head[1])
+
+
 def parse_index(path: str | os.PathLike) -> list[list[IndexMember]]:
     """Read a v1.2 index back; a malformed file raises DataError naming file and line."""
     path = Path(path)
@@ -69,28 +83,27 @@ def parse_index(path: str | os.PathLike) -> list[list[IndexMember]]:
 def parse_index_text(text: str, source: str = "<index>") -> list[list[IndexMember]]:
     """Parse index text (see :func:`parse_index`)."""
     lines = text.splitlines()
-    hint = "; rerun `python -m pipeline.preshard` to rebuild the shards and their indexes"
     if not lines:
-        raise DataError(f"{source}: empty index file{hint}")
+        raise DataError(f"{source}: empty index file{_HINT}")
     head = lines[0].split()
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
-        raise DataError(f"{source}:1: expected '{INDEX_VERSION} <count>', got {lines[0]!r}{hint}")
+        raise DataError(f"{source}:1: expected '{INDEX_VERSION} <count>', got {lines[0]!r}{_HINT}")
     count = int(head[1])
     body = [line for line in lines[1:] if line.strip()]
     if len(body) != count:
-        raise DataError(f"{source}: header says {count} samples but {len(body)} lines follow{hint}")
+        raise DataError(f"{source}: header says {count} samples but {len(body)} lines follow{_HINT}")
     samples: list[list[IndexMember]] = []
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         fields = line.split()
         if len(fields) % 4:
-            raise DataError(f"{source}:{lineno}: expected groups of 'ext offset size name', got {line!r}{hint}")
+            raise DataError(f"{source}:{lineno}: expected groups of 'ext offset size name', got {line!r}{_HINT}")
         members = []
         for i in range(0, len(fields), 4):
             ext, off, size, name = fields[i:i + 4]
             if not (off.isdigit() and size.isdigit()):
-                raise DataError(f"{source}:{lineno}: offset and size must be integers, got {off!r} {size!r}{hint}")
+                raise DataError(f"{source}:{lineno}: offset and size must be integers, got {off!r} {size!r}{_HINT}")
             members.append(IndexMember(ext, int(off), int(size), name))
         samples.append(members)
     return samples

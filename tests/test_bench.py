@@ -131,7 +131,7 @@ def test_loader_bench_caps_each_epoch_at_max_images(shards_dir):
 @pytest.mark.slow
 def test_input_efficiency_full_pass_times_a_whole_rebuilt_epoch(shards_dir):
     from bench.input_efficiency import CELEBA_TRAIN_IMAGES, run
-    from pipeline.loader import read_split
+    from pipeline.shards import read_split
 
     doc = run(shards_dir, quick=False, device="cpu", batch_size=16, print_results=False)
     r = doc["results"]
@@ -151,7 +151,7 @@ def test_flops_per_image_counts_the_configured_model_without_moving_the_rng():
     """train.py counts FLOPs for its MFU line mid-setup: that must not shift the run's RNG stream."""
     import torch
 
-    from bench.flops import vae_flops_per_image
+    from model.flops import vae_flops_per_image
     from model.vae import VAEConfig
 
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def test_gpu_session_script_checks_its_steps_and_builds_a_sharded_set(tmp_path):
     import sys
     from pathlib import Path
 
-    from pipeline.loader import read_split
+    from pipeline.shards import read_split
 
     root = Path(__file__).resolve().parents[1]
     script = root / "bench" / "gpu_session.sh"

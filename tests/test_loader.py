@@ -16,7 +16,8 @@ import torch
 
 from pipeline import make_loader
 from pipeline.errors import ConfigError, DataError
-from pipeline.loader import EpochPlan, part_samples, read_index, read_split
+from pipeline.epoch import EpochPlan
+from pipeline.shards import part_samples, read_index, read_split
 from pipeline.transforms import crop_box, decode_crop_resize, reference_image
 
 BACKENDS = ["dali-cpu", "webdataset"]

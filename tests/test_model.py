@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, load_model_state, make_checkpoint, rng_state, save_atomic, set_rng_state
-from model.config import DEFAULT_CONFIG, SCHEMA, read_config_file, validate
-from model.train_step import beta_at, lr_at
+from model.training.checkpoint import load_checkpoint, load_model_state, make_checkpoint, rng_state, save_atomic, set_rng_state
+from model.training.config import DEFAULT_CONFIG, SCHEMA, read_config_file, validate
+from model.training.train_step import beta_at, lr_at
 from model.vae import ConvVAE, VAEConfig, count_parameters
 from pipeline.errors import ConfigError
 

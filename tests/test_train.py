@@ -112,9 +112,9 @@ def test_resume_continues_exactly(full_run, shards_dir, tmp_path):
 
 def test_one_train_step_lowers_the_loss_on_a_fixed_batch(shards_dir):
     from kernels import vae_loss
-    from model.runtime import resolve_runtime
-    from model.config import read_config_file, validate
-    from model.train_step import make_loss_fn, train_step
+    from model.training.runtime import resolve_runtime
+    from model.training.config import read_config_file, validate
+    from model.training.train_step import make_loss_fn, train_step
     from model.vae import ConvVAE, VAEConfig
     from pipeline import make_loader
 
@@ -213,7 +213,7 @@ def test_compiled_step_matches_eager(monkeypatch):
     """torch.compile of the model and of the eager loss: same first-step loss and update as eager."""
     import contextlib
 
-    from model.train_step import make_loss_fn, train_step
+    from model.training.train_step import make_loss_fn, train_step
     from model.vae import ConvVAE, VAEConfig
 
     import torch._inductor.config as inductor_config
@@ -247,8 +247,8 @@ def test_compiled_step_matches_eager(monkeypatch):
                                            ("max-autotune", "max-autotune")])
 def test_compile_mode_reaches_torch_compile(monkeypatch, mode, expected):
     """config's compile_mode is the mode train.py (and the bench harness) compile the model with."""
-    from model.config import read_config_file, validate
-    from model.runtime import resolve_runtime
+    from model.training.config import read_config_file, validate
+    from model.training.runtime import resolve_runtime
 
     seen = []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)

@@ -38,7 +38,7 @@ def _worker(rank: int, world: int, init_method: str, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from model.train_step import make_loss_fn, train_step
+    from model.training.train_step import make_loss_fn, train_step
     from model.vae import ConvVAE, VAEConfig
 
     torch.set_num_threads(1)

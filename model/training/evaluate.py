@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from model.runtime import Runtime
+from model.training.runtime import Runtime
 
 
 @dataclass

@@ -88,17 +88,19 @@ def cpu_has_native_bf16() -> bool:
 
 def init_distributed() -> tuple[int, int, int]:
     """(rank, local_rank, world_size); joins the process group when launched by torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    from pipeline.epoch import resolve_rank
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 0, 1
     import torch.distributed as dist
 
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
+    rank, world_size = resolve_rank()  # the process group's view, as the loaders see it
     return rank, local_rank, world_size
 
 

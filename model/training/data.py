@@ -8,13 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.runtime import Runtime
+from model.training.runtime import Runtime
 
 
 def check_shards(shards: str | Path) -> dict[str, int]:
     """Samples per split of a preshard output folder, after ``pipeline``'s own checks (missing or
     empty folder, no manifest, missing tars or index files, an empty split: one DataError each)."""
-    from pipeline.loader import SPLITS, read_split
+    from pipeline.layout import SPLITS
+    from pipeline.shards import read_split
 
     return {split: read_split(shards, split).count for split in SPLITS}
 
@@ -29,15 +30,8 @@ def prepare_default_data(cfg: dict[str, Any], rt: Runtime, console: Any) -> Path
         check_shards(shards)
         return shards
     shards, src = Path(cfg["synthetic_shards"]), Path(cfg["synthetic_dir"])
-    if rt.is_main and not (shards / "manifest.json").is_file():
-        from pipeline.preshard import preshard
-        from pipeline.synthetic import write_synthetic_celeba
-
-        if not (src / "list_eval_partition.txt").is_file():
-            console.print(f"[bold]data:[/] generating {cfg['synthetic_images']:,} synthetic faces in {src}")
-            write_synthetic_celeba(src, cfg["synthetic_images"], seed=cfg["seed"], progress=True)
-        console.print(f"[bold]data:[/] presharding {src} → {shards}")
-        preshard(src, shards, progress=True)
+    if rt.is_main:
+        synthetic_shards(src, shards, cfg["synthetic_images"], seed=cfg["seed"], console=console)
     if rt.distributed:
         import torch.distributed as dist
 
@@ -49,11 +43,30 @@ def prepare_default_data(cfg: dict[str, Any], rt: Runtime, console: Any) -> Path
     return shards
 
 
+def synthetic_shards(src: Path, shards: Path, n: int, seed: int = 0, console: Any = None) -> Path:
+    """Shards of ``n`` synthetic faces: drawn into ``src`` and presharded into ``shards`` on first use,
+    reused afterwards. Each step's output looks complete only once it is (the list files and
+    manifest.json are written last), so an interrupted step is picked up by the next call."""
+    if (shards / "manifest.json").is_file():
+        return shards
+    from pipeline.preshard import preshard
+    from pipeline.synthetic import write_synthetic_celeba
+
+    if not (src / "list_eval_partition.txt").is_file():
+        if console is not None:
+            console.print(f"[bold]data:[/] generating {n:,} synthetic faces in {src}")
+        write_synthetic_celeba(src, n, seed=seed, progress=True)
+    if console is not None:
+        console.print(f"[bold]data:[/] presharding {src} → {shards}")
+    preshard(src, shards, progress=True)
+    return shards
+
+
 def open_loader(cfg: dict[str, Any], rt: Runtime, shards: Path, split: str, *, train: bool = False,
                 with_keys: bool = False, whole_split: bool = False):
     """``pipeline.make_loader`` with this run's settings. ``whole_split``: every sample on this process
     (rank 0 alone, e.g. for pictures), instead of this rank's share."""
-    from pipeline import make_loader
+    from pipeline.loader import make_loader
 
     rank, world = (0, 1) if whole_split else (rt.rank, rt.world_size)
     return make_loader(

@@ -29,7 +29,7 @@ class EpochProgress:
                                            ep=f"{epoch + 1}/{epochs}", stats="")
         self._sampler = None
         if device is not None and device.type == "cuda" and not console.quiet:
-            from bench.gpu_util import GpuUtilSampler
+            from model.training.gpu_util import GpuUtilSampler
 
             self._sampler = GpuUtilSampler(device.index or 0)
 

@@ -1,6 +1,6 @@
 """The loader without DALI: webdataset tar streaming + PIL decode + torch DataLoader workers.
 
-Same contract and epoch accounting as the DALI path (see :mod:`pipeline.loader`): rank r
+Same contract and epoch accounting as the DALI path (see :mod:`pipeline.epoch`): rank r
 reads its contiguous part of the split; the part is cut again into one contiguous sub-range
 per DataLoader worker, so samples are neither duplicated nor lost whatever the worker count.
 Each worker seeks straight to its first sample with the index file and streams the tar from
@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .epoch import SHUFFLE_BUFFER, EpochPlan, epoch_seed, epoch_shard_order
 from .errors import DataError
-from .loader import (SHUFFLE_BUFFER, EpochPlan, IndexedSample, LoaderBase, ShardFile, epoch_seed,
-                     epoch_shard_order, finish_batch, part_samples)
+from .loader_base import LoaderBase
+from .shards import IndexedSample, ShardFile, part_samples
 from .transforms import decode_crop_resize
 
 _TAR_HEADER = 512
@@ -136,7 +137,7 @@ def _as_is(chunk):
 
 
 class WebDatasetLoader(LoaderBase):
-    """webdataset + PIL + DataLoader workers behind the loader contract (see :mod:`pipeline.loader`).
+    """webdataset + PIL + DataLoader workers behind the loader contract (see :mod:`pipeline.loader_base`).
     Workers live only while an epoch is being iterated, so there is nothing to release in close()."""
 
     backend = "webdataset"
@@ -194,11 +195,8 @@ class WebDatasetLoader(LoaderBase):
                 yield self._emit(rest, keys)
                 rest, keys = rest[:0], []
         if done < want:  # never hand out a silently short epoch
-            raise DataError(f"the shards of split {self.split.split!r} gave {done} of the {want} batches their index "
-                            f"files promise for rank {self.plan.rank}; re-run preshard")
+            raise self._short_epoch(done)
         self._epoch += 1
 
     def _emit(self, images: np.ndarray, keys: list[str]):
-        images = finish_batch(torch.from_numpy(images).permute(0, 3, 1, 2), self.device, self._dtype,
-                              self._channels_last)
-        return (images, keys) if self._with_keys else images
+        return super()._emit(torch.from_numpy(images).permute(0, 3, 1, 2), keys)

@@ -1,0 +1,132 @@
+"""Preshard's output as the loaders see it: the manifest of one split, its tars and index files.
+
+:func:`read_split` checks cheaply (sizes and index headers, no hashing) that what the manifest
+lists is on disk and consistent, so a damaged folder fails at start-up with one line instead of
+mid-epoch inside DALI. :func:`read_index` and :func:`part_samples` say where each sample's JPEG
+sits, for the webdataset loader (which seeks to it) and for DALI's error diagnosis.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError, DataError
+from .layout import MANIFEST, MANIFEST_FORMAT, PRESHARD_HINT, SPLITS
+from .wds_index import parse_index, read_index_header
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One tar of a split and its DALI index, as the manifest describes them."""
+
+    tar: Path
+    index: Path
+    count: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SplitShards:
+    """The validated shards of one split, in manifest order."""
+
+    root: Path
+    split: str
+    shards: tuple[ShardFile, ...]
+
+    @property
+    def count(self) -> int:
+        return sum(s.count for s in self.shards)
+
+
+def read_split(shards: str | os.PathLike, split: str) -> SplitShards:
+    """Read ``manifest.json`` and check the split's tars and index files cheaply (no hashing).
+
+    Raises DataError for a missing or empty folder, a missing manifest, a missing or resized tar,
+    a missing index file or one whose sample count disagrees with the manifest, and for an empty split.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    root = Path(shards)
+    manifest_path = root / MANIFEST
+    make_it = f"create it with: python -m pipeline.preshard --celeba CELEBA_DIR --out {root}"
+    if not root.is_dir():
+        raise DataError(f"shards folder {root} {'is not a folder' if root.exists() else 'does not exist'}; {make_it}")
+    if not manifest_path.is_file():
+        if not any(root.iterdir()):
+            raise DataError(f"shards folder {root} is empty; {make_it}")
+        raise DataError(f"no {MANIFEST} in {root}: is this preshard's output folder? {PRESHARD_HINT}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {manifest_path}: {err}; {PRESHARD_HINT}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DataError(f"{manifest_path} has format {found!r}, expected {MANIFEST_FORMAT!r}; {PRESHARD_HINT}")
+    entry = (manifest.get("splits") or {}).get(split)
+    if not entry or not entry.get("count") or not entry.get("shards"):
+        have = [s for s, e in (manifest.get("splits") or {}).items() if e and e.get("count")]
+        raise DataError(f"split {split!r} is empty in {manifest_path} (splits with samples: "
+                        f"{', '.join(have) or 'none'}); check list_eval_partition.txt and {PRESHARD_HINT}")
+    files = []
+    try:
+        for s in entry["shards"]:
+            files.append(ShardFile(root / s["path"], root / s["index"], int(s["count"]), int(s["bytes"])))
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"malformed shard entry in {manifest_path} ({err!r}); {PRESHARD_HINT}") from None
+    for f in files:
+        _check_shard(f)
+    split_shards = SplitShards(root, split, tuple(files))
+    if split_shards.count != int(entry["count"]):
+        raise DataError(f"{manifest_path}: split {split!r} says {entry['count']} samples but its shards hold "
+                        f"{split_shards.count}; {PRESHARD_HINT}")
+    return split_shards
+
+
+def _check_shard(f: ShardFile) -> None:
+    if not f.tar.is_file():
+        raise DataError(f"missing shard {f.tar} (listed in {MANIFEST}); {PRESHARD_HINT}")
+    size = f.tar.stat().st_size
+    if size != f.bytes:
+        raise DataError(f"shard {f.tar} has {size} bytes, {MANIFEST} says {f.bytes}: truncated or rewritten; "
+                        f"{PRESHARD_HINT}")
+    if not f.index.is_file():
+        raise DataError(f"missing index file {f.index} for shard {f.tar.name}; {PRESHARD_HINT}")
+    count = read_index_header(f.index)
+    if count != f.count:
+        raise DataError(f"index file {f.index} lists {count} samples, {MANIFEST} says {f.count}; {PRESHARD_HINT}")
+
+
+@dataclass(frozen=True)
+class IndexedSample:
+    """Where one sample's JPEG sits in its tar (from the index file)."""
+
+    key: str
+    shard: ShardFile
+    offset: int
+    size: int
+
+
+def read_index(shard: ShardFile) -> list[IndexedSample]:
+    """Every sample of a shard with its JPEG member's byte range, in tar order."""
+    out = []
+    for line_no, members in enumerate(parse_index(shard.index), start=2):
+        jpg = next((m for m in members if m.ext == "jpg"), None)
+        if jpg is None:
+            raise DataError(f"index file {shard.index} line {line_no}: sample has no .jpg member; {PRESHARD_HINT}")
+        out.append(IndexedSample(jpg.name.rsplit(".", 1)[0], shard, jpg.offset, jpg.size))
+    return out
+
+
+def part_samples(order: Sequence[ShardFile], start: int, end: int) -> list[IndexedSample]:
+    """Samples ``[start, end)`` of the concatenation of ``order``'s tars (one rank's part)."""
+    out: list[IndexedSample] = []
+    pos = 0
+    for shard in order:
+        if pos + shard.count > start and pos < end:
+            samples = read_index(shard)
+            out.extend(samples[max(0, start - pos):end - pos])
+        pos += shard.count
+    return out
