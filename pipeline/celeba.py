@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import DataError
+from .layout import SPLITS
 
-SPLITS = ("train", "val", "test")
 IMAGE_DIR = "img_align_celeba"
 PARTITION_NAMES = ("list_eval_partition.txt", "list_eval_partition.csv")
 ATTRIBUTE_NAMES = ("list_attr_celeba.txt", "list_attr_celeba.csv")

@@ -1,0 +1,65 @@
+"""``python -m pipeline.preshard`` / ``celeba-preshard``: arguments in, a summary table out.
+
+Only argument parsing and printing live here; the work is :func:`pipeline.preshard.run.preshard`.
+A UserError ends the program with one ``error:`` line and exit code 2 (see ``cli_entry``).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Sequence
+
+from ..errors import ConfigError, cli_entry
+from ..layout import SPLITS
+from .run import preshard
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m pipeline.preshard --celeba SRC --out DIR [--shard-mb 100] [--max-samples N] ...``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.preshard",
+                                     description="Shard CelebA (folder or zip) into WebDataset tars with DALI index files.")
+    parser.add_argument("--celeba", required=True, help="CelebA folder (img_align_celeba/ or .zip + list files) or the zip")
+    parser.add_argument("--out", required=True, help="output directory for {train,val,test}/*.tar and manifest.json")
+    parser.add_argument("--shard-mb", type=float, default=100.0, help="target shard size in MB (default 100)")
+    parser.add_argument("--max-samples", type=int, default=None, help="also close a shard after N samples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train-order shuffle")
+    parser.add_argument("--workers", type=int, default=None, help="validation processes (default: all cores)")
+    parser.add_argument("--on-bad", choices=("skip", "error"), default="skip",
+                        help="bad JPEG: skip it (listed in the manifest) or stop with an error")
+    args = parser.parse_args(argv)
+    if not args.shard_mb > 0:
+        raise ConfigError(f"--shard-mb must be positive, got {args.shard_mb}")
+
+    console = Console()
+    t0 = time.perf_counter()
+    manifest = preshard(args.celeba, args.out, shard_bytes=int(args.shard_mb * 1_000_000),
+                        max_samples_per_shard=args.max_samples, seed=args.seed, workers=args.workers,
+                        on_bad=args.on_bad, progress=True)
+    dt = time.perf_counter() - t0
+
+    table = Table(title=f"preshard → {args.out}")
+    for col in ("split", "samples", "shards", "MB", "skipped"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split in SPLITS:
+        info = manifest["splits"].get(split, {"count": 0, "shards": []})
+        n_skip = sum(1 for s in manifest["skipped"] if s["split"] == split)
+        table.add_row(split, f"{info['count']:,}", str(len(info["shards"])),
+                      f"{sum(s['bytes'] for s in info['shards']) / 1e6:,.1f}", str(n_skip))
+    total = sum(v["count"] for v in manifest["splits"].values())
+    table.caption = f"{total:,} images in {dt:.1f} s ({total / max(dt, 1e-9):,.0f} images/s)"
+    console.print(table)
+    if manifest["skipped"]:
+        bad = Table(title=f"skipped {len(manifest['skipped'])} bad image(s) (listed in manifest.json)")
+        bad.add_column("key")
+        bad.add_column("split")
+        bad.add_column("reason")
+        for s in manifest["skipped"][:20]:
+            bad.add_row(s["key"], s["split"], s["reason"])
+        if len(manifest["skipped"]) > 20:
+            bad.caption = f"… and {len(manifest['skipped']) - 20} more"
+        console.print(bad)
+    return 0

@@ -1,0 +1,144 @@
+"""The preshard run: check the options, decide what the output directory needs, write every split.
+
+Samples are written split by split in :func:`split_plan` order; a shard closes before it would
+exceed ``shard_bytes`` or when it holds ``max_samples_per_shard`` samples, and each finished
+shard is logged in the state file, so a rerun resumes after the last one. The options and the
+source's fingerprint make up the run's fingerprint, which decides no-op, resume or refusal.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+from ..celeba import CelebASource, Entry, open_celeba
+from ..errors import ConfigError, DataError
+from ..layout import MANIFEST_FORMAT, SPLITS
+from ..parallel import ProgressBar, usable_cores
+from .state import append_state, commit_manifest, finished_output, prepare_output
+from .tar_writer import ShardWriter, sample_members
+from .validate import validated
+
+
+def _check_options(shard_bytes: int, max_samples_per_shard: int | None, on_bad: str, workers: int | None) -> None:
+    if not isinstance(shard_bytes, int) or shard_bytes < 64 * 1024:
+        raise ConfigError(f"shard size must be at least 64 KiB, got {shard_bytes!r} bytes")
+    if max_samples_per_shard is not None and (not isinstance(max_samples_per_shard, int) or max_samples_per_shard < 1):
+        raise ConfigError(f"max samples per shard must be a positive integer, got {max_samples_per_shard!r}")
+    if on_bad not in ("skip", "error"):
+        raise ConfigError(f"on_bad must be 'skip' or 'error', got {on_bad!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+
+
+def split_plan(source: CelebASource, split: str, seed: int) -> list[Entry]:
+    """The order samples are written in: train shuffled with ``seed``, val/test in file order."""
+    entries = source.split(split)
+    if split == "train":
+        random.Random(seed).shuffle(entries)
+    return entries
+
+
+def preshard(src: str | os.PathLike, out: str | os.PathLike, *, shard_bytes: int = 100_000_000,
+             max_samples_per_shard: int | None = None, seed: int = 0, workers: int | None = None,
+             on_bad: str = "skip", progress: bool = True) -> dict:
+    """Shard the CelebA source ``src`` into ``out``; return the manifest (also written to ``out/manifest.json``).
+
+    A shard closes before it would exceed ``shard_bytes`` or when it holds ``max_samples_per_shard``
+    samples. Bad JPEGs are skipped and listed under ``"skipped"`` (``on_bad="skip"``) or raise
+    DataError (``on_bad="error"``). Rerunning into a finished ``out`` with the same inputs is a
+    no-op; into an interrupted one it resumes; into one with other shards it raises DataError.
+    """
+    _check_options(shard_bytes, max_samples_per_shard, on_bad, workers)
+    workers = workers or usable_cores()
+    source = open_celeba(src)
+    desc = source.describe()
+    options = {"shard_bytes": shard_bytes, "max_samples_per_shard": max_samples_per_shard, "seed": seed}
+    fingerprint = hashlib.sha256(json.dumps([desc["fingerprint"], options], sort_keys=True).encode()).hexdigest()
+    out = Path(out)
+
+    manifest = finished_output(out, fingerprint, on_bad, progress)
+    if manifest is not None:
+        return manifest
+    kept = prepare_output(out, fingerprint, progress)
+
+    splits: dict[str, dict] = {}
+    skipped: list[dict] = []
+    with ProgressBar(progress, "validating + sharding", total=len(source.entries)) as bar:
+        for split in SPLITS:
+            plan = split_plan(source, split, seed)
+            done = kept[split]
+            shards = [r["shard"] for r in done if r.get("shard")]
+            for r in done:
+                skipped += r["skipped"]
+            start = done[-1]["next"] if done else 0
+            bar.advance(start)
+            shards += _write_split(source, plan, start, out, split, len(shards), skipped, shard_bytes,
+                                   max_samples_per_shard, on_bad, workers, bar)
+            count = sum(s["count"] for s in shards)
+            if count:
+                splits[split] = {"count": count, "shards": shards}
+    if not splits:
+        raise DataError(f"no valid image in {src}: all {len(source.entries)} listed images were skipped "
+                        f"(e.g. {skipped[0]['key']}: {skipped[0]['reason']})")
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "source": desc,
+        "options": options,
+        "fingerprint": fingerprint,
+        "extensions": ["jpg", "cls", "json"] if source.attributes is not None else ["jpg"],
+        "splits": splits,
+        "skipped": skipped,
+        "attributes": source.attribute_names,
+    }
+    commit_manifest(out, manifest)
+    return manifest
+
+
+def _write_split(source: CelebASource, plan: list[Entry], start: int, out: Path, split: str, seq: int,
+                 skipped: list[dict], shard_bytes: int, max_samples: int | None, on_bad: str, workers: int,
+                 bar: ProgressBar) -> list[dict]:
+    """Write plan[start:] into shards numbered from ``seq``; log each finished shard in the state file."""
+    shards: list[dict] = []
+    pending_skips: list[dict] = []
+    writer: ShardWriter | None = None
+    try:
+        for pos, entry, data, reason in validated(source, plan, start, workers):
+            bar.advance()
+            if reason is not None:
+                if on_bad == "error":
+                    raise DataError(f"bad image {entry.filename} (key {entry.key}, {split}) in {source.store}: {reason}; "
+                                    "replace or remove it, or rerun with --on-bad skip")
+                pending_skips.append({"key": entry.key, "split": split, "reason": reason})
+                continue
+            members = sample_members(entry, data, source)
+            size = ShardWriter.sample_bytes(members)
+            if writer is not None and (writer.count == max_samples or
+                                       writer.bytes + size + ShardWriter.closing_bytes(writer.bytes + size) > shard_bytes):
+                shards.append(_finish(out, writer, split, pos, pending_skips, skipped))
+                pending_skips = []
+                writer = None
+            if writer is None:
+                writer = ShardWriter(out, split, seq + len(shards))
+            writer.add(entry.key, members)
+        if writer is not None:
+            shards.append(_finish(out, writer, split, len(plan), pending_skips, skipped))
+            writer = None
+        elif pending_skips:  # every remaining sample was bad: remember that too
+            append_state(out, {"split": split, "shard": None, "next": len(plan), "skipped": pending_skips})
+            skipped += pending_skips
+    finally:
+        if writer is not None:
+            writer.abort()
+    return shards
+
+
+def _finish(out: Path, writer: ShardWriter, split: str, next_pos: int, pending_skips: list[dict],
+            skipped: list[dict]) -> dict:
+    record = writer.finish()
+    append_state(out, {"split": split, "shard": record, "next": next_pos, "skipped": pending_skips})
+    skipped += pending_skips
+    return record

@@ -1,0 +1,165 @@
+"""The output directory's life cycle: no-op, resume or refuse; the resume log; the final manifest.
+
+A run first asks :func:`finished_output` whether ``out`` already holds a complete result for the
+same inputs (then nothing is written), else :func:`prepare_output` either resumes an interrupted
+run from its state file (``.preshard-state.jsonl``: a fingerprint line, then one line per
+finished shard, appended and fsynced as each shard is renamed into place) or starts afresh, and
+refuses a directory holding anybody else's shards. :func:`commit_manifest` writes
+``manifest.json`` last, so a killed run never looks complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..errors import DataError
+from ..layout import MANIFEST, SPLITS
+
+STATE = ".preshard-state.jsonl"
+
+#: Finished-shard log records per split: {"split", "shard" (manifest record or None), "next", "skipped"}.
+Kept = dict[str, list[dict]]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def intact(out: Path, record: dict, verify_hash: bool) -> bool:
+    """Whether the shard of manifest ``record`` and its index exist with the recorded size (and hash)."""
+    tar, idx = out / record["path"], out / record["index"]
+    if not (tar.is_file() and idx.is_file()) or tar.stat().st_size != record["bytes"]:
+        return False
+    return not verify_hash or _sha256_file(tar) == record["sha256"]
+
+
+def our_files(out: Path) -> list[Path]:
+    """Shard and index files (finished or temporary) that preshard would write under ``out``."""
+    files = []
+    for split in SPLITS:
+        d = out / split
+        if d.is_dir():
+            files += [p for p in d.iterdir() if p.name.startswith((f"celeba-{split}-", f".celeba-{split}-"))]
+    return files
+
+
+def refuse(out: Path, why: str) -> DataError:
+    return DataError(f"{out} already holds {why}; pick another --out or delete that directory")
+
+
+def finished_output(out: Path, fingerprint: str, on_bad: str, progress: bool) -> dict | None:
+    """The manifest if ``out`` holds a finished run with this ``fingerprint`` (a no-op rerun), else None.
+
+    Raises DataError for a manifest from other inputs, a listed shard that is missing or has the
+    wrong size, or (with ``on_bad="error"``) a finished run that skipped images.
+    """
+    manifest_path = out / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise refuse(out, "an unreadable manifest.json") from None
+    if manifest.get("fingerprint") != fingerprint:
+        raise refuse(out, "shards from a different source or options")
+    for split in manifest["splits"].values():
+        for rec in split["shards"]:
+            if not intact(out, rec, verify_hash=False):
+                raise DataError(f"{out / rec['path']} is missing or damaged although {MANIFEST} lists it; "
+                                "delete that directory and rerun")
+    if on_bad == "error" and manifest["skipped"]:
+        first = manifest["skipped"][0]
+        raise DataError(f"{len(manifest['skipped'])} bad image(s) were skipped in the existing shards in {out}, "
+                        f"e.g. {first['key']}: {first['reason']}")
+    (out / STATE).unlink(missing_ok=True)
+    if progress:
+        from rich.console import Console
+
+        Console().print(f"{out} already holds these shards (same source and options): nothing to do")
+    return manifest
+
+
+def prepare_output(out: Path, fingerprint: str, progress: bool) -> Kept:
+    """Create ``out`` or resume the interrupted run in it; return its finished shards' log records.
+
+    Refuses a file, shards of an unfinished run with another fingerprint, and shard files
+    without a state file. Rewrites the state file to hold only what is kept.
+    """
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; give a directory for the shards")
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / STATE).is_file():
+        kept = _load_state(out, fingerprint)
+        if progress:
+            from rich.console import Console
+
+            n_kept = sum(1 for recs in kept.values() for r in recs if r.get("shard"))
+            Console().print(f"resuming an interrupted run in {out}: {n_kept} finished shard(s) kept")
+    else:
+        if our_files(out):
+            raise refuse(out, "shard files without a manifest (not written by this preshard)")
+        kept = {s: [] for s in SPLITS}
+    _write_state(out, fingerprint, kept)
+    return kept
+
+
+def _load_state(out: Path, fingerprint: str) -> Kept:
+    """Finished shards of an interrupted run with the same inputs, verified; others are removed."""
+    head: dict = {}
+    records: list[dict] = []
+    for i, line in enumerate((out / STATE).read_text().splitlines()):
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a half-written last line: the run was killed mid-append
+        if i == 0:
+            head = item
+        else:
+            records.append(item)
+    if head.get("fingerprint") != fingerprint:
+        raise refuse(out, "shards of an unfinished run from a different source or options")
+    kept: Kept = {s: [] for s in SPLITS}
+    broken = set()
+    for rec in records:
+        split = rec.get("split")
+        if split not in kept or split in broken:
+            continue
+        shard = rec.get("shard")
+        if shard is None or intact(out, shard, verify_hash=True):
+            kept[split].append(rec)
+        else:
+            broken.add(split)  # keep only the prefix of intact shards
+    keep_names = {out / r["shard"][k] for recs in kept.values() for r in recs if r.get("shard") for k in ("path", "index")}
+    for p in our_files(out):
+        if p not in keep_names:
+            p.unlink()
+    return kept
+
+
+def _write_state(out: Path, fingerprint: str, kept: Kept) -> None:
+    tmp = out / (STATE + ".partial")
+    lines = [json.dumps({"fingerprint": fingerprint})] + [json.dumps(r) for s in SPLITS for r in kept[s]]
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out / STATE)
+
+
+def append_state(out: Path, record: dict) -> None:
+    """Log one finished shard (or a run of skipped samples ending a split); fsynced before returning."""
+    with open(out / STATE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def commit_manifest(out: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` atomically, then drop the state file: only now does ``out`` look complete."""
+    tmp = out / (MANIFEST + ".partial")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)  # last: only now does the output look complete
+    (out / STATE).unlink(missing_ok=True)
