@@ -160,7 +160,8 @@ def run(quick: bool = False, json_path: str | None = None, device: str | None = 
     the headline batch first -- so the part fits a bounded call on a lent GPU; with ``json_path`` the
     file is rewritten after every variant, so a run cut short keeps what it measured."""
     device = resolve_device(device)
-    from model.flops import measure_matmul_peak, vae_flops_per_image
+    from model.flops import vae_flops_per_image
+    from model.training.peak import measure_matmul_peak
     from model.vae import VAEConfig
 
     grid, skipped = variants(device, quick, batch_sizes)
