@@ -5,7 +5,7 @@
 Variants: the eager torch reference, the same reference under ``torch.compile`` (fullgraph,
 static shapes), the fused Triton kernels ("fused": gradient written in the forward, the default)
 and the fused kernels with the gradient recomputed in the backward ("fused (recompute bwd)"), so
-that the choice made in ``kernels.sse`` can be checked on real hardware. Shapes are the
+that the default of ``grad_in_forward`` (see ``kernels.ops.sse``) can be checked on real hardware. Shapes are the
 training ones: latents B×128, images B×3×64×64; on CUDA mu/logvar/logits are bf16 and the
 images fp32 (the AMP case), on CPU everything is fp32.
 
@@ -25,7 +25,6 @@ The device-to-device copy bandwidth (``dst.copy_(src)``, 256 MiB) is measured in
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 from typing import Any, Callable
 
@@ -33,6 +32,7 @@ import torch
 
 from bench.common import median, print_table, save_json, sync, time_repeats
 from pipeline.errors import UserError, cli_entry
+from pipeline.loader import resolve_device
 
 BATCHES = (64, 256, 1024, 4096)
 QUICK_BATCHES = (64, 256)
@@ -41,12 +41,12 @@ IMAGE = (3, 64, 64)
 VARIANTS = ("eager", "compiled", "fused", "fused (recompute bwd)")
 
 
-def _loss_path(impl: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+def _loss_path(impl: str, grad_in_forward: bool = True) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     from kernels import reparam_kl, vae_loss
 
     def step(mu, logvar, logits, x, beta):
         z, kl = reparam_kl(mu, logvar, impl=impl)
-        return z, vae_loss(logits, x, kl, beta, logits=True, impl=impl).loss
+        return z, vae_loss(logits, x, kl, beta, logits=True, impl=impl, grad_in_forward=grad_in_forward).loss
 
     return step
 
@@ -150,10 +150,9 @@ def copy_bandwidth_gbs(device: torch.device, timer: _Timer) -> float:
 def run(quick: bool = False, json_path: str | None = None, batches: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Time every variant and phase, print a table, return (and optionally save) the JSON document."""
     from kernels import resolve_impl
-    from kernels.launch import interpreting
+    from kernels.impl import interpreting
 
-    sse_module = importlib.import_module("kernels.sse")  # the function kernels.sse shadows the module
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(None)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if batches is None:
         # Interpreted Triton takes ~0.5 s per B=256 step: quick runs inside the test suite keep to B=64.
@@ -172,17 +171,13 @@ def run(quick: bool = False, json_path: str | None = None, batches: tuple[int, .
         need = _bytes(B, dtype)
         per_variant: dict[str, dict[str, Any]] = {}
         for variant in variants:
-            fn = _loss_path("torch" if variant in ("eager", "compiled") else "triton")
+            fn = _loss_path("torch" if variant in ("eager", "compiled") else "triton",
+                            grad_in_forward=variant != "fused (recompute bwd)")
             if variant == "compiled":
                 torch._dynamo.reset()
                 fn = torch.compile(fn, fullgraph=True, dynamic=False)
-            saved_flag = sse_module.GRAD_IN_FORWARD
-            sse_module.GRAD_IN_FORWARD = variant != "fused (recompute bwd)"
-            try:
-                ms = _time_phases(fn, inp, timer)
-                peak = _peak_mib(fn, inp, device)
-            finally:
-                sse_module.GRAD_IN_FORWARD = saved_flag
+            ms = _time_phases(fn, inp, timer)
+            peak = _peak_mib(fn, inp, device)
             gbs = {name: need[name] / (ms[name] * 1e-3) / 1e9 for name in ms}
             per_variant[variant] = {"ms": ms, "gb_s": gbs, "peak_mib": peak,
                                     "pct_copy_bw": 100 * gbs["step"] / copy_gbs}

@@ -1,6 +1,6 @@
 """Input validation and memory-layout handling shared by the Triton launchers and the references.
 
-Bad shapes or dtypes raise :class:`KernelInputError` (a ``UserError``) with one readable line,
+Bad shapes or dtypes raise :class:`KernelInputError` (a ``ValueError``) with one readable line,
 before any kernel sees them. Layouts the kernels cannot address directly are copied once with
 ``.contiguous()`` -- see :func:`rows_view` for which ones.
 """
@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import UserError
+from .errors import KernelInputError
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-class KernelInputError(UserError, ValueError):
-    """A tensor passed to a loss kernel has the wrong shape, dtype or device."""
 
 
 def check_float(name: str, t: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ it). This module drives the real launchers -- forward and backward of every
 autograd.Function, in each dtype and each constexpr branch the wrappers can take -- on CPU
 tensors, while a stand-in driver reports a CUDA target (sm_90, the H100, by default) and every
 launch becomes a compile-only warm-up. Triton then specializes the arguments as it would on the
-GPU and runs its whole pipeline down to ptxas, so a kernel that would not build on the H100
+GPU and runs its whole compiler chain down to ptxas, so a kernel that would not build on the H100
 fails here, with the compiler's own message. Nothing is launched: values are not checked here
 (that is what the interpreter tests do).
 
@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+import torch
+
+from kernels.impl import interpreting
+
+if interpreting():
     # @triton.jit builds interpreter objects at import time when this is set; they cannot be compiled.
     raise ImportError("kernels.cuda_compile needs TRITON_INTERPRET unset (run it in its own process)")
-
-import torch
 
 #: Shared memory one block may use on each architecture (bytes), for the check after compilation.
 MAX_SHARED = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024}
@@ -116,10 +117,9 @@ def _describe(v: Any) -> Any:
 
 def _cases() -> Iterator[tuple[str, Callable[[], None]]]:
     """(description, call) for every launch shape the wrappers produce in training and in tests."""
-    from kernels.fused_total import VAELossFunction, vae_loss_fwd
-    from kernels.reparam_kl import reparam_kl_triton
-    from kernels.sse import sigmoid_sse_triton, sse_triton
-    from kernels.vae_loss import _split_beta
+    from kernels.ops.reparam_kl import reparam_kl_triton
+    from kernels.ops.sse import sigmoid_sse_triton, sse_triton
+    from kernels.ops.vae_loss import VAELossFunction, split_beta, vae_loss_fwd
 
     def leaf(*shape: int, dtype: torch.dtype, channels_last: bool = False) -> torch.Tensor:
         t = torch.rand(*shape, dtype=dtype)
@@ -154,13 +154,14 @@ def _cases() -> Iterator[tuple[str, Callable[[], None]]]:
                 def total(shape=shape, cl=cl, dtype=dtype, beta=beta, sigmoid=True):
                     out, x = leaf(*shape, dtype=dtype, channels_last=cl), torch.rand(*shape, dtype=dtype)
                     kl = leaf(shape[0], dtype=torch.float32)
-                    beta_t, beta_f = _split_beta(beta, out.device)
-                    loss, rec, klm = VAELossFunction.apply(out, x, kl, beta_t, beta_f, sigmoid)
+                    beta_t, beta_f = split_beta(beta, out.device)
+                    # grad_in_forward=True, the default: fp16 (which always recomputes) builds the backward kernel.
+                    loss, rec, klm = VAELossFunction.apply(out, x, kl, beta_t, beta_f, sigmoid, True)
                     loss.backward()
 
                 def evaluate(shape=shape, cl=cl, dtype=dtype, beta=beta):
                     out, x = leaf(*shape, dtype=dtype, channels_last=cl), torch.rand(*shape, dtype=dtype)
-                    beta_t, beta_f = _split_beta(beta, out.device)
+                    beta_t, beta_f = split_beta(beta, out.device)
                     with torch.no_grad():
                         vae_loss_fwd(out, x, torch.rand(shape[0]), beta_t, beta_f, True, False)
 

@@ -7,30 +7,15 @@ import pytest
 import torch
 
 from kernels import KernelInputError, reparam_kl
-from kernels.launch import interpreting
 from kernels.reference import reparam_kl_ref
+from tests.utils import DEVICES, TOL, latents, needs_triton_path, outputs_and_grads
 
-DEVICES = (["cpu"] if interpreting() else []) + (["cuda"] if torch.cuda.is_available() else [])
-pytestmark = pytest.mark.skipif(not DEVICES, reason="no CUDA and TRITON_INTERPRET unset: no Triton path to test")
-
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-       torch.float16: dict(rtol=2e-2, atol=2e-2), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+pytestmark = needs_triton_path
 
 
-def _latents(B, D, dtype, device, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    mu = torch.randn(B, D, generator=gen).to(device=device, dtype=dtype)
-    logvar = (0.5 * torch.randn(B, D, generator=gen)).to(device=device, dtype=dtype)
-    eps = torch.randn(B, D, generator=gen).to(device=device, dtype=dtype)
-    return mu, logvar, eps
-
-
-def _run(fn, mu, logvar, eps, dz, dkl, **kw):
-    mu = mu.detach().clone().requires_grad_(True)
-    logvar = logvar.detach().clone().requires_grad_(True)
-    z, kl = fn(mu, logvar, eps, **kw)
-    dmu, dlv = torch.autograd.grad([z, kl], [mu, logvar], [dz, dkl])
-    return z, kl, dmu, dlv
+def _run(fn, mu, logvar, eps, dz, dkl):
+    """(z, kl, dmu, dlogvar) for upstream gradients dz, dkl."""
+    return outputs_and_grads(fn, (mu, logvar, eps), (0, 1), (dz, dkl))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -38,7 +23,7 @@ def _run(fn, mu, logvar, eps, dz, dkl, **kw):
 @pytest.mark.parametrize("B", [1, 3, 257])
 @pytest.mark.parametrize("D", [1, 100, 128, 513])
 def test_matches_reference_forward_and_backward(device, dtype, B, D):
-    mu, logvar, eps = _latents(B, D, dtype, device)
+    mu, logvar, eps = latents(B, D, dtype, device)
     gen = torch.Generator().manual_seed(1)
     # Upstream gradients ≠ 1, as when z feeds a decoder and β·KL is in the loss.
     dz = torch.randn(B, D, generator=gen).to(device=device, dtype=dtype)
@@ -93,7 +78,7 @@ def test_in_kernel_noise_is_seeded_standard_normal(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_regenerates_the_forward_noise(device):
     """With in-kernel noise the backward must see the same eps as the forward."""
-    mu, logvar, _ = _latents(37, 130, torch.float32, device, seed=3)
+    mu, logvar, _ = latents(37, 130, torch.float32, device, seed=3)
     gen = torch.Generator().manual_seed(4)
     dz = torch.randn(37, 130, generator=gen).to(device)
     dkl = torch.rand(37, generator=gen).to(device)
@@ -106,7 +91,7 @@ def test_backward_regenerates_the_forward_noise(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("noise", ["eps", "seed"])
 def test_gradcheck_float64(device, noise):
-    mu, logvar, eps = _latents(3, 5, torch.float64, device)
+    mu, logvar, eps = latents(3, 5, torch.float64, device)
     mu.requires_grad_(True)
     logvar.requires_grad_(True)
     if noise == "eps":
@@ -119,7 +104,7 @@ def test_gradcheck_float64(device, noise):
 @pytest.mark.parametrize("device", DEVICES)
 def test_only_one_output_used(device):
     """An unused output's gradient arrives as None: the kernel must skip that term, not crash."""
-    mu, logvar, eps = _latents(4, 6, torch.float32, device)
+    mu, logvar, eps = latents(4, 6, torch.float32, device)
     for pick in (0, 1):
         ours = [t.detach().clone().requires_grad_(True) for t in (mu, logvar)]
         refs = [t.detach().clone().requires_grad_(True) for t in (mu, logvar)]
@@ -132,7 +117,7 @@ def test_only_one_output_used(device):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("device", DEVICES)
 def test_nan_and_inf_propagate_like_the_reference(device):
-    mu, logvar, eps = _latents(4, 5, torch.float32, device)
+    mu, logvar, eps = latents(4, 5, torch.float32, device)
     mu[0, 1], mu[1, 2], logvar[2, 3], logvar[3, 0], logvar[3, 4] = (float("nan"), float("inf"), float("nan"),
                                                                     float("inf"), -float("inf"))
     dz = torch.ones_like(mu)
@@ -198,7 +183,7 @@ def test_compiled_across_batch_sizes_with_in_kernel_noise(impl):
 
     compiled = torch.compile(step, backend="aot_eager")
     for B in (4, 8, 5):
-        mu, logvar, _ = _latents(B, 16, torch.float32, DEVICES[0], seed=B)
+        mu, logvar, _ = latents(B, 16, torch.float32, DEVICES[0], seed=B)
         z, kl = compiled(mu, logvar)
         assert z.shape == (B, 16) and torch.isfinite(z).all()
         torch.testing.assert_close(kl, reparam_kl_ref(mu, logvar, torch.zeros_like(mu))[1])

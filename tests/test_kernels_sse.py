@@ -1,39 +1,19 @@
 """kernels.sse and kernels.sigmoid_sse (fused Triton) against their references in kernels.reference."""
-import importlib
-
 import pytest
 import torch
 
 from kernels import KernelInputError, sigmoid_sse, sse
-from kernels.launch import interpreting
 from kernels.reference import sigmoid_sse_ref, sse_ref
+from tests.utils import DEVICES, TOL, image_pair, needs_triton_path, outputs_and_grads
 
-# The function kernels.sse shadows the module of the same name on the package.
-sse_module = importlib.import_module("kernels.sse")
-
-DEVICES = (["cpu"] if interpreting() else []) + (["cuda"] if torch.cuda.is_available() else [])
-pytestmark = pytest.mark.skipif(not DEVICES, reason="no CUDA and TRITON_INTERPRET unset: no Triton path to test")
-
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-       torch.float16: dict(rtol=2e-2, atol=2e-2)}
+pytestmark = needs_triton_path
 OPS = {"sse": (sse, sse_ref), "sigmoid_sse": (sigmoid_sse, sigmoid_sse_ref)}
 # B ∈ {1, 3, 257} with odd C·H·W; 2×3×64×64 is the real image (3 column chunks of 4096 on a GPU).
 SHAPES = [(1, 3, 5, 7), (3, 3, 11, 13), (257, 3, 5, 7), (2, 3, 64, 64), (3, 1)]
 
 
-def _inputs(shape, dtype, device, target_dtype=None, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    pred = (2 * torch.randn(shape, generator=gen)).to(device=device, dtype=dtype)
-    target = torch.rand(shape, generator=gen).to(device=device, dtype=target_dtype or dtype)
-    return pred, target
-
-
 def _run(fn, pred, target, upstream, target_grad=False):
-    pred = pred.detach().clone().requires_grad_(True)
-    target = target.detach().clone().requires_grad_(target_grad)
-    out = fn(pred, target)
-    grads = torch.autograd.grad(out, [pred, target] if target_grad else [pred], upstream)
-    return (out, *grads)
+    return outputs_and_grads(fn, (pred, target), (0, 1) if target_grad else (0,), upstream)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -42,7 +22,7 @@ def _run(fn, pred, target, upstream, target_grad=False):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_reference_forward_and_backward(device, op, dtype, shape):
     fused, ref = OPS[op]
-    pred, target = _inputs(shape, dtype, device)
+    pred, target = image_pair(shape, dtype, device)
     upstream = (torch.rand(shape[0]) + 0.5).to(device)  # per-sample weights ≠ 1
     ours = _run(lambda a, b: fused(a, b, impl="triton"), pred, target, upstream)
     want = _run(ref, pred, target, upstream)
@@ -53,15 +33,15 @@ def test_matches_reference_forward_and_backward(device, op, dtype, shape):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("store", [True, False], ids=["grad-in-forward", "recompute-in-backward"])
-def test_mixed_dtypes_and_target_gradient(device, op, store, monkeypatch):
+@pytest.mark.parametrize("grad_in_forward", [True, False], ids=["grad-in-forward", "recompute-in-backward"])
+def test_mixed_dtypes_and_target_gradient(device, op, grad_in_forward):
     """bf16 decoder output against fp32 images (the AMP case); both gradient strategies; a target
     that needs a gradient too."""
-    monkeypatch.setattr(sse_module, "GRAD_IN_FORWARD", store)
     fused, ref = OPS[op]
-    pred, target = _inputs((5, 3, 9, 7), torch.bfloat16, device, target_dtype=torch.float32)
+    pred, target = image_pair((5, 3, 9, 7), torch.bfloat16, device, target_dtype=torch.float32)
     upstream = torch.linspace(0.5, 2.0, 5, device=device)
-    ours = _run(lambda a, b: fused(a, b, impl="triton"), pred, target, upstream, target_grad=True)
+    ours = _run(lambda a, b: fused(a, b, impl="triton", grad_in_forward=grad_in_forward), pred, target, upstream,
+                target_grad=True)
     want = _run(ref, pred, target, upstream, target_grad=True)
     torch.testing.assert_close(ours, want, **TOL[torch.bfloat16])
     assert ours[2].dtype == torch.float32
@@ -69,10 +49,29 @@ def test_mixed_dtypes_and_target_gradient(device, op, store, monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_grad_in_forward_picks_the_strategy(device, op, dtype):
+    """The forward stores the gradient exactly when asked to, except for fp16, which always
+    recomputes; both strategies give the same gradient."""
+    fused, _ = OPS[op]
+    pred, target = image_pair((2, 3, 4, 5), dtype, device)
+    grads = []
+    for grad_in_forward in (True, False):
+        leaf = pred.detach().clone().requires_grad_(True)
+        out = fused(leaf, target, impl="triton", grad_in_forward=grad_in_forward)
+        stored, kept_pred, _ = out.grad_fn.saved_tensors  # the stored gradient, or the inputs to recompute it
+        assert (stored is not None) == (grad_in_forward and dtype != torch.float16)
+        assert (kept_pred is None) == (stored is not None)
+        grads.append(torch.autograd.grad(out.sum(), leaf)[0])
+    torch.testing.assert_close(grads[0], grads[1], **TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS)
 def test_layouts(device, op):
     """channels_last pairs are read in place; mixed layouts and batch slices are handled."""
     fused, ref = OPS[op]
-    pred, target = _inputs((6, 3, 5, 7), torch.float32, device)
+    pred, target = image_pair((6, 3, 5, 7), torch.float32, device)
     cl = torch.channels_last
     cases = {
         "channels_last": (pred.to(memory_format=cl), target.to(memory_format=cl)),
@@ -92,7 +91,7 @@ def test_layouts(device, op):
 @pytest.mark.parametrize("op", OPS)
 def test_gradcheck_float64(device, op):
     fused, _ = OPS[op]
-    pred, target = _inputs((3, 2, 3, 5), torch.float64, device)
+    pred, target = image_pair((3, 2, 3, 5), torch.float64, device)
     pred.requires_grad_(True)
     target.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: fused(a, b, impl="triton"), (pred, target))
@@ -102,7 +101,7 @@ def test_gradcheck_float64(device, op):
 @pytest.mark.parametrize("op", OPS)
 def test_no_grad_forward(device, op):
     fused, ref = OPS[op]
-    pred, target = _inputs((4, 3, 5, 7), torch.float32, device)
+    pred, target = image_pair((4, 3, 5, 7), torch.float32, device)
     with torch.no_grad():
         got = fused(pred, target, impl="triton")
     assert got.grad_fn is None
@@ -116,7 +115,7 @@ def test_no_grad_forward(device, op):
 @pytest.mark.parametrize("op", OPS)
 def test_nan_and_inf_propagate_like_the_reference(device, op):
     fused, ref = OPS[op]
-    pred, target = _inputs((5, 2, 3, 3), torch.float32, device)
+    pred, target = image_pair((5, 2, 3, 3), torch.float32, device)
     pred[0, 0, 0, 0] = float("nan")
     pred[1, 1, 2, 2] = float("inf")
     pred[2, 0, 1, 1] = -float("inf")

@@ -1,4 +1,4 @@
-"""How the Triton launchers are exposed: custom ops for torch.compile, plain calls in eager mode.
+"""What the op files share: the Triton accumulator dtype and the launcher wrapper for torch.compile.
 
 Each launcher is registered as a ``torch.library.custom_op`` (namespace ``celeba_vae``) so that
 Dynamo records one opaque node per launch -- no graph break, no attempt to trace into Triton
@@ -9,17 +9,17 @@ a few MB at B=256.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import torch
+import triton.language as tl
 
 NAMESPACE = "celeba_vae"
 
 
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1): correctness only."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def acc_tl(dtype: torch.dtype):
+    """The Triton twin of ``checks.acc_dtype``'s answer: fp64 for fp64 inputs, fp32 otherwise."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 class Launcher:

@@ -3,15 +3,17 @@
 ``sigmoid_sse(logits, x)`` = Σ (sigmoid(logits) − x)²: the decoder ends in logits and the sigmoid
 happens in registers, so neither sigmoid(logits) nor its saved activation is ever written.
 
-Where the gradient is computed -- a measured-by-bytes decision (no GPU was available to time it;
-``python -m bench.loss`` times both variants, rows "fused" and "fused (recompute bwd)"):
+Where the gradient is computed is the ``grad_in_forward`` argument of the public ops -- a
+measured-by-bytes default (no GPU was available to time it; ``python -m bench.loss`` times both
+variants, rows "fused" and "fused (recompute bwd)"):
 
-* in the forward (default): the loss is the last op, so the forward already holds a, b and
-  d = p − x in registers; it also writes grad = 2·d·p·(1 − p) (the stored gradient, in the input
-  dtype) and the backward is a single broadcast multiply by the upstream gradient.
+* in the forward (``grad_in_forward=True``, the default): the loss is the last op, so the forward
+  already holds a, b and d = p − x in registers; it also writes grad = 2·d·p·(1 − p) (the stored
+  gradient, in the input dtype) and the backward is a single broadcast multiply by the upstream
+  gradient.
   Bytes per element with bf16 logits and fp32 targets (the AMP case): fwd 2+4 read + 2 write,
   bwd 2 read + 2 write = 12 B.
-* recomputed in the backward: fwd 2+4 read, bwd 2+4 read + 2 write = 14 B.
+* recomputed in the backward (``grad_in_forward=False``): fwd 2+4 read, bwd 2+4 read + 2 write = 14 B.
 
 With all-fp32 inputs both move 20 B/element; storing still wins on launches (the backward is one
 torch multiply, no second Triton launch). The exception is fp16: a stored, not-yet-loss-scaled
@@ -29,12 +31,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import KernelInputError, acc_dtype, rows_view
-from .launch import Launcher, interpreting
-
-#: Compute the gradient in the forward pass (see the module docstring). ``bench.loss`` flips this
-#: to time the recompute variant; fp16 always recomputes.
-GRAD_IN_FORWARD = True
+from ..checks import acc_dtype, rows_view
+from ..errors import KernelInputError
+from ..impl import interpreting
+from .utils import Launcher, acc_tl
 
 _MAX_GRID_Y = 65535
 
@@ -81,10 +81,6 @@ def _tiles(B: int, N: int) -> Tuple[int, int, int]:
     return block_r, block_n, 8 if block_r * block_n >= 4096 else 4
 
 
-def _acc_tl(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def grad_buffer_like(a: torch.Tensor) -> torch.Tensor:
     """Uninitialised tensor shaped like ``a``, samples packed (stride(0) = N), same element order."""
     n = a[0].numel()
@@ -109,7 +105,7 @@ def launch_sse(a: torch.Tensor, b: torch.Tensor, *, sigmoid: bool, compute_loss:
         B, N, n_chunks, a.stride(0), b.stride(0), 0 if grad is None else grad.stride(0),
         0 if scale is None or scale.dim() == 0 else scale.stride(0), grad_alpha,
         SIGMOID=sigmoid, COMPUTE_LOSS=compute_loss, WRITE_GRAD=grad is not None, HAS_SCALE=scale is not None,
-        ACC=_acc_tl(acc), BLOCK_R=block_r, BLOCK_N=block_n, num_warps=warps)
+        ACC=acc_tl(acc), BLOCK_R=block_r, BLOCK_N=block_n, num_warps=warps)
     return partials
 
 
@@ -146,9 +142,10 @@ sse_fwd = Launcher("sse_fwd", _fwd_impl, _fwd_fake)
 sse_bwd = Launcher("sse_bwd", _bwd_impl, _bwd_fake)
 
 
-def stores_grad_in_forward(dtype: torch.dtype) -> bool:
-    """Whether the fused ops write the gradient in the forward pass for inputs of ``dtype``."""
-    return GRAD_IN_FORWARD and dtype != torch.float16
+def stores_grad_in_forward(dtype: torch.dtype, grad_in_forward: bool) -> bool:
+    """Whether the fused ops write the gradient in the forward pass for inputs of ``dtype``: as
+    asked, except for fp16, which always recomputes (see the module docstring)."""
+    return grad_in_forward and dtype != torch.float16
 
 
 def per_row(g: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -165,12 +162,12 @@ def target_grad(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, sigmoid: bool
 
 
 class SSEFunction(torch.autograd.Function):
-    """(a, b, sigmoid) → per-sample Σ(p − b)², p = sigmoid(a) or a; gradients for a and b."""
+    """(a, b, sigmoid, grad_in_forward) → per-sample Σ(p − b)², p = sigmoid(a) or a; gradients for a and b."""
 
     @staticmethod
-    def forward(ctx, a, b, sigmoid):
+    def forward(ctx, a, b, sigmoid, grad_in_forward):
         needs_a, needs_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        store = needs_a and stores_grad_in_forward(a.dtype)
+        store = needs_a and stores_grad_in_forward(a.dtype, grad_in_forward)
         sse, grad = sse_fwd(a, b, sigmoid, store)
         keep_inputs = (needs_a and not store) or needs_b
         ctx.save_for_backward(grad if store else None, a if keep_inputs else None, b if keep_inputs else None)
@@ -188,18 +185,18 @@ class SSEFunction(torch.autograd.Function):
                 da = sse_bwd(a, b, g, ctx.sigmoid, 2.0)
         if ctx.needs_input_grad[1]:
             db = target_grad(a, b, g, ctx.sigmoid, 2.0)
-        return da, db, None
+        return da, db, None, None
 
 
-def sse_triton(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def sse_triton(x_hat: torch.Tensor, x: torch.Tensor, grad_in_forward: bool = True) -> torch.Tensor:
     """The fused path of :func:`kernels.sse` (inputs already validated)."""
     if not torch.is_grad_enabled():
         return sse_fwd(x_hat, x, False, False)[0]
-    return SSEFunction.apply(x_hat, x, False)
+    return SSEFunction.apply(x_hat, x, False, bool(grad_in_forward))
 
 
-def sigmoid_sse_triton(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def sigmoid_sse_triton(logits: torch.Tensor, x: torch.Tensor, grad_in_forward: bool = True) -> torch.Tensor:
     """The fused path of :func:`kernels.sigmoid_sse` (inputs already validated)."""
     if not torch.is_grad_enabled():
         return sse_fwd(logits, x, True, False)[0]
-    return SSEFunction.apply(logits, x, True)
+    return SSEFunction.apply(logits, x, True, bool(grad_in_forward))

@@ -1,20 +1,25 @@
 """The fused VAE loss total: (sigmoid-)SSE + β·KL reduced to three 0-dim tensors, and its backward.
 
+    loss = mean_b( SSE_b + β·KL_b ),   rec = mean_b(SSE_b),   kl = mean_b(KL_b)
+
 Forward: two launches -- the SSE kernel (which also writes the gradient w.r.t. the decoder output,
 already scaled by 1/B) and a one-program finalize kernel that turns the partial sums and the
 per-sample KL into loss, rec and kl. Backward: one broadcast multiply of the stored gradient by
-the upstream gradient (or the recompute kernel for fp16, see ``kernels.sse``), and the KL gradient
-as a stride-0 [B] view. Nothing is read back to the host.
+the upstream gradient (or the recompute kernel with ``grad_in_forward=False`` and for fp16, see
+``kernels.ops.sse``), and the KL gradient as a stride-0 [B] view. Nothing is read back to the host.
 """
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import triton
 import triton.language as tl
 
-from .checks import acc_dtype, rows_view
-from .launch import Launcher, interpreting
+from ..checks import acc_dtype, rows_view
+from ..errors import KernelConfigError
+from ..impl import interpreting
+from ..reference import LossParts
 from .sse import grad_buffer_like, launch_sse, sse_bwd, stores_grad_in_forward, target_grad
+from .utils import Launcher, acc_tl
 
 
 @triton.jit
@@ -54,7 +59,7 @@ def _fwd_impl(out: torch.Tensor, x: torch.Tensor, kl: torch.Tensor, beta_t: Opti
     block = min(triton.next_power_of_2(max(partials.numel(), B)), 4096 if interpreting() else 1024)
     _finalize_kernel[(1,)](
         partials, partials.numel(), kl, kl.stride(0), B, kl if beta_t is None else beta_t, float(beta_f), 1.0 / B,
-        loss, rec, klm, BETA_IS_PTR=beta_t is not None, ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        loss, rec, klm, BETA_IS_PTR=beta_t is not None, ACC=acc_tl(acc),
         BLOCK=block, num_warps=4)
     return loss, rec, klm, (a.new_empty(0) if grad is None else grad)
 
@@ -70,12 +75,12 @@ vae_loss_fwd = Launcher("vae_loss_fwd", _fwd_impl, _fwd_fake)
 
 
 class VAELossFunction(torch.autograd.Function):
-    """(out, x, kl, β tensor | None, β float, sigmoid) → (loss, rec, kl_mean), 0-dim each."""
+    """(out, x, kl, β tensor | None, β float, sigmoid, grad_in_forward) → (loss, rec, kl_mean), 0-dim each."""
 
     @staticmethod
-    def forward(ctx, out, x, kl, beta_t, beta_f, sigmoid):
+    def forward(ctx, out, x, kl, beta_t, beta_f, sigmoid, grad_in_forward):
         needs_out, needs_x, _, needs_beta = ctx.needs_input_grad[:4]
-        store = needs_out and stores_grad_in_forward(out.dtype)
+        store = needs_out and stores_grad_in_forward(out.dtype, grad_in_forward)
         loss, rec, klm, grad = vae_loss_fwd(out, x, kl, beta_t, beta_f, sigmoid, store)
         keep_inputs = (needs_out and not store) or needs_x
         ctx.set_materialize_grads(False)
@@ -104,4 +109,24 @@ class VAELossFunction(torch.autograd.Function):
             d_kl = (d / B).to(ctx.kl_dtype).expand(B)
         if ctx.needs_input_grad[3] and g_loss is not None:
             d_beta = (g_loss * klm).to(beta_t.dtype)
-        return d_out, d_x, d_kl, d_beta, None, None
+        return d_out, d_x, d_kl, d_beta, None, None, None
+
+
+def split_beta(beta: Union[float, torch.Tensor], device: torch.device) -> Tuple[Optional[torch.Tensor], float]:
+    """(β tensor, 0.0) for a 1-element tensor, read by the kernel on the device; (None, β) for a number."""
+    if isinstance(beta, torch.Tensor):
+        if beta.numel() != 1:
+            raise KernelConfigError(f"beta must be a number or a 1-element tensor, got shape {tuple(beta.shape)}")
+        return beta.reshape(()).to(device=device, non_blocking=True), 0.0
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise KernelConfigError(f"beta must be a number or a 1-element tensor, got {type(beta).__name__}")
+    return None, float(beta)
+
+
+def vae_loss_triton(out: torch.Tensor, x: torch.Tensor, kl: torch.Tensor, beta: Union[float, torch.Tensor],
+                    logits: bool = True, grad_in_forward: bool = True) -> LossParts:
+    """The fused path of :func:`kernels.vae_loss` (inputs already validated)."""
+    beta_t, beta_f = split_beta(beta, out.device)
+    if not torch.is_grad_enabled():
+        return LossParts(*vae_loss_fwd(out, x, kl, beta_t, beta_f, bool(logits), False)[:3])
+    return LossParts(*VAELossFunction.apply(out, x, kl, beta_t, beta_f, bool(logits), bool(grad_in_forward)))

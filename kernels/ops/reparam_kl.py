@@ -16,8 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import KernelInputError, acc_dtype, inner_contiguous
-from .launch import Launcher, interpreting
+from ..checks import acc_dtype, inner_contiguous
+from ..errors import KernelInputError
+from ..impl import interpreting
+from .utils import Launcher, acc_tl
 
 # Philox offsets are int32 element indices b·D + d.
 MAX_ELEMENTS = 2**31 - 1
@@ -101,10 +103,6 @@ def _tiles(B: int, D: int) -> tuple[int, int, int]:
     return block_b, block_d, 4 if block_b * block_d <= 2048 else 8
 
 
-def _acc_tl(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _check_size(B: int, D: int) -> None:
     if B * D > MAX_ELEMENTS:
         raise KernelInputError(f"reparam_kl supports at most 2^31-1 latent elements, got {B}×{D}")
@@ -123,7 +121,7 @@ def _fwd_impl(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor
     _reparam_kl_fwd_kernel[(triton.cdiv(B, block_b),)](
         mu, logvar, mu if eps is None else eps, mu if seed is None else seed, z, kl,
         B, D, mu.stride(0), logvar.stride(0), 0 if eps is None else eps.stride(0),
-        HAS_EPS=eps is not None, ACC=_acc_tl(acc), BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
+        HAS_EPS=eps is not None, ACC=acc_tl(acc), BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
     return z, kl
 
 
@@ -147,7 +145,7 @@ def _bwd_impl(dz: Optional[torch.Tensor], dkl: Optional[torch.Tensor], mu: torch
         B, D, 0 if dz is None else dz.stride(0), 0 if dkl is None else dkl.stride(0),
         mu.stride(0), logvar.stride(0), 0 if eps is None else eps.stride(0),
         HAS_DZ=dz is not None, HAS_DKL=dkl is not None, HAS_EPS=eps is not None,
-        ACC=_acc_tl(acc), BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
+        ACC=acc_tl(acc), BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
     return dmu, dlv
 
 
