@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from pipeline.errors import ConfigError
 
 #: Where the defaults live: the project root, beside train.py.
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.json"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config.json"
 
 _AUTO = "auto"
 
