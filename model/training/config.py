@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from kernels.impl import IMPLS
 from pipeline.errors import ConfigError
+from pipeline.loader import BACKENDS
 
 #: Where the defaults live: the project root, beside train.py.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config.json"
@@ -61,8 +63,7 @@ SCHEMA: dict[str, Key] = {
     # loss
     "beta": Key("float", "weight of the KL term (after warm-up)", _nonneg, ">= 0"),
     "kl_warmup_steps": Key("int", "steps over which beta ramps linearly from 0 (0 = no annealing)", _nonneg, ">= 0"),
-    "loss_impl": Key("str", "loss kernels: auto | triton (fused) | torch (eager reference)",
-                     choices=("auto", "triton", "torch")),
+    "loss_impl": Key("str", "loss kernels: auto | triton (fused) | torch (eager reference)", choices=IMPLS),
     # optimisation
     "epochs": Key("int", "passes over the training split", _pos, "> 0"),
     "batch_size": Key("int", "training batch per process (global batch = this × world size)", _pos, "> 0"),
@@ -85,8 +86,7 @@ SCHEMA: dict[str, Key] = {
                         choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
     "sync_batchnorm": Key("bool", "SyncBatchNorm under DDP (CUDA only; per-rank BatchNorm otherwise)"),
     # loader
-    "backend": Key("str", "loader backend: auto | dali | dali-gpu | dali-cpu | webdataset",
-                   choices=("auto", "dali", "dali-gpu", "dali-cpu", "webdataset")),
+    "backend": Key("str", "loader backend: auto | dali | dali-gpu | dali-cpu | webdataset", choices=BACKENDS),
     "num_threads": Key("int", "loader threads (null = loader's default)", _pos, "> 0", nullable=True),
     "hw_decoder_load": Key("float", "DALI-GPU: share of JPEGs for the hardware decoder (null = DALI's 0.65)",
                            lambda v: 0 <= v <= 1, "in [0, 1]", nullable=True),
