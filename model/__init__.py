@@ -3,6 +3,10 @@
     vae.py        the seed's network (ConvVAE, VAEConfig); the loss path comes from ``kernels``
     flops.py      its counted FLOPs per image (the MFU numerator)
     summary.py    ``python -m model.summary``: layer table and parameter count
+    __main__.py   ``python -m model COMMAND`` (console script ``vae-model``): summary, sample,
+                  reconstruct, interpolate, encode, attributes, edit with a trained checkpoint
+    use/          those commands: checkpoint loading, faces in through ``pipeline``, latent
+                  arithmetic, attribute directions, pictures and files written whole
     training/     the trainer's helpers, used by train.py: config, runtime (device, DDP, AMP,
                   compile), data (shards → loaders), build (model on the device, DDP, compile),
                   train_step, evaluate, checkpoint, metrics_log, progress, artifacts (pictures),

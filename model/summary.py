@@ -1,7 +1,8 @@
 """``python -m model.summary``: the layer table and the exact parameter count of the configured VAE.
 
 Reads config.json (or ``--config``) plus the same ``--key value`` overrides as train.py, so the
-table always describes the network that training would build.
+table always describes the network that training would build. ``python -m model summary`` prints
+the same table for the network of a trained checkpoint.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 from dataclasses import dataclass
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from model.vae import ConvVAE, VAEConfig, count_parameters
@@ -39,7 +41,8 @@ def layer_rows(model: ConvVAE) -> list[LayerRow]:
     try:
         model.eval()
         with torch.no_grad():
-            x = torch.zeros(1, model.cfg.in_channels, model.cfg.image_size, model.cfg.image_size)
+            x = torch.zeros(1, model.cfg.in_channels, model.cfg.image_size, model.cfg.image_size,
+                            device=next(model.parameters()).device)
             mu, logvar = model.encode(x)
             model.decode_logits(mu)
     finally:
@@ -59,9 +62,8 @@ def parameter_groups(model: ConvVAE) -> dict[str, int]:
     return {name: count_parameters(m) for name, m in groups.items()}
 
 
-def print_summary(model: ConvVAE) -> int:
+def print_summary(model: ConvVAE, console: Console | None = None) -> int:
     """Print the table and the breakdown; return the exact trainable parameter count."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"ConvVAE {model.cfg.to_dict()}")
@@ -74,7 +76,7 @@ def print_summary(model: ConvVAE) -> int:
     for name, n in parameter_groups(model).items():
         table.add_row(name, "", "", f"{n:,}")
     table.add_row("[bold]total trainable[/]", "", "", f"[bold]{total:,}[/]")
-    console = Console()
+    console = console or Console()
     console.print(table)
     buffers = sum(b.numel() for b in model.buffers())
     console.print(f"parameters: {total:,} trainable (+ {buffers:,} BatchNorm buffer values)")

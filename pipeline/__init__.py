@@ -12,6 +12,7 @@ Where things are:
     shards.py            reading the manifest and index files of one split
     epoch.py             rank parts, batches per epoch, per-epoch shuffle order and seeds
     transforms.py        the crop + resize contract in PIL
+    images.py            image files (JPEG/PNG) prepared the loader's way, for `python -m model`
     loader.py            ``make_loader``: checks its arguments and picks a backend
     loader_base.py       what every backend shares (settings, epoch plan, batch hand-over)
     dali_pipeline.py     the DALI graph; dali_loader.py its loader; dali_errors.py its errors explained

@@ -4,14 +4,19 @@
 lists is on disk and consistent, so a damaged folder fails at start-up with one line instead of
 mid-epoch inside DALI. :func:`read_index` and :func:`part_samples` say where each sample's JPEG
 sits, for the webdataset loader (which seeks to it) and for DALI's error diagnosis.
+:func:`read_members` reads one member of chosen samples by key (a face for ``python -m model``),
+and :func:`read_attributes` every sample's CelebA attributes (the ``KEY.cls`` bitmasks).
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
+
+import numpy as np
 
 from .errors import ConfigError, DataError
 from .layout import MANIFEST, MANIFEST_FORMAT, PRESHARD_HINT, SPLITS
@@ -130,3 +135,100 @@ def part_samples(order: Sequence[ShardFile], start: int, end: int) -> list[Index
             out.extend(samples[max(0, start - pos):end - pos])
         pos += shard.count
     return out
+
+
+def read_members(split: SplitShards, ext: str, keys: Collection[str] | None = None) -> dict[str, bytes]:
+    """The bytes of each sample's ``KEY.ext`` member (all samples, or only ``keys``), in index order.
+
+    Reads at the offsets the index files give, one open file per tar. A key that is not in the
+    split raises DataError naming the closest key and the split that holds it, if another does.
+    """
+    wanted = None if keys is None else set(keys)
+    out: dict[str, bytes] = {}
+    seen: list[str] = []
+    for shard in split.shards:
+        entries = []
+        for line_no, members in enumerate(parse_index(shard.index), start=2):
+            key = members[0].name.rsplit(".", 1)[0]
+            seen.append(key)
+            if wanted is not None and key not in wanted:
+                continue
+            member = next((m for m in members if m.ext == ext), None)
+            if member is None:
+                raise DataError(f"index file {shard.index} line {line_no}: sample {key} has no .{ext} member; "
+                                f"{PRESHARD_HINT}")
+            entries.append((key, member))
+        if not entries:
+            continue
+        with open(shard.tar, "rb") as fh:
+            for key, member in entries:
+                fh.seek(member.offset)
+                data = fh.read(member.size)
+                if len(data) != member.size:
+                    raise DataError(f"shard {shard.tar} ends inside {member.name}: truncated; {PRESHARD_HINT}")
+                out[key] = data
+    missing = [k for k in (keys or ()) if k not in out]
+    if missing:
+        raise DataError(_missing_key_message(split, missing[0], seen))
+    return out
+
+
+def _missing_key_message(split: SplitShards, key: str, seen: list[str]) -> str:
+    where = ""
+    for other in SPLITS:
+        if other != split.split and (split.root / other).is_dir():
+            try:
+                if key in _split_keys(read_split(split.root, other)):
+                    where = f"; it is in split {other!r}"
+                    break
+            except DataError:
+                continue
+    close = difflib.get_close_matches(key, seen, n=1)
+    hint = f" (closest: {close[0]})" if close and not where else ""
+    span = f"{seen[0]} … {seen[-1]}" if seen else "none"
+    return (f"sample key {key!r} is not in split {split.split!r} of {split.root} ({len(seen)} samples, keys "
+            f"{span}){hint}{where}")
+
+
+def _split_keys(split: SplitShards) -> set[str]:
+    return {members[0].name.rsplit(".", 1)[0] for shard in split.shards for members in parse_index(shard.index)}
+
+
+@dataclass(frozen=True)
+class SplitAttributes:
+    """The CelebA attributes of every sample of a split: ``masks[i]`` bit j = ``names[j]`` present."""
+
+    names: tuple[str, ...]
+    keys: tuple[str, ...]
+    masks: tuple[int, ...]
+
+    def table(self, keys: Sequence[str] | None = None) -> np.ndarray:
+        """A bool matrix, one row per key (``keys`` order, default the split's), one column per name."""
+        row = dict(zip(self.keys, self.masks))
+        order = self.keys if keys is None else keys
+        masks = np.array([row[k] for k in order], dtype=np.uint64)
+        return (masks[:, None] >> np.arange(len(self.names), dtype=np.uint64)[None, :]) & np.uint64(1) == 1
+
+
+def read_attributes(shards: str | os.PathLike, split: str, *, required: bool = True) -> SplitAttributes | None:
+    """Every sample's attribute bitmask (its ``KEY.cls`` member) and the attribute names (manifest).
+
+    Shards written without an attribute list raise DataError (or give None when not ``required``);
+    so does a ``.cls`` member that is not an ASCII decimal within the bits the names allow.
+    """
+    split_shards = read_split(shards, split)
+    names = json.loads((split_shards.root / MANIFEST).read_text()).get("attributes")
+    if not names:
+        if not required:
+            return None
+        raise DataError(f"the shards in {split_shards.root} carry no attributes (preshard found no "
+                        "list_attr_celeba.txt beside the images); put it in the CelebA folder and re-run preshard")
+    raw = read_members(split_shards, "cls")
+    masks = []
+    for key, data in raw.items():
+        text = data.decode("ascii", errors="replace").strip()
+        if not text.isdigit() or int(text) >> len(names):
+            raise DataError(f"sample {key} of split {split!r} in {split_shards.root} has a malformed attribute "
+                            f"member {data[:20]!r}; {PRESHARD_HINT}")
+        masks.append(int(text))
+    return SplitAttributes(tuple(names), tuple(raw), tuple(masks))

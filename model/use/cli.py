@@ -1,0 +1,150 @@
+"""``python -m model COMMAND``: sample, reconstruct, interpolate, encode and edit faces with a trained checkpoint.
+
+    python -m model summary                      # the default run's best.pt: its step, config, layers
+    python -m model sample --n 64 --seed 1       # decoded prior samples, one grid
+    python -m model reconstruct face.jpg 000217  # files or sample keys, above their reconstructions
+    python -m model interpolate A B --gif        # a latent walk from A to B (strip + animation)
+    python -m model encode --split test          # keys, mu, logvar (+ attributes) of a split, .npz
+    python -m model attributes                   # one direction per CelebA attribute, beside the checkpoint
+    python -m model edit 000217 --add Smiling=1.5 --add Eyeglasses=1
+
+Every command takes ``--run DIR`` (its ``checkpoints/best.pt``, or ``last.pt`` with ``--last``) or
+``--checkpoint FILE``; without either, the default run of config.json. The parser lives here; the
+commands live in commands_pictures.py and commands_latents.py.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from model.use import commands_latents, commands_pictures
+from pipeline.errors import ConfigError, cli_entry
+from pipeline.layout import SPLITS
+from pipeline.loader import BACKENDS
+
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "summary": (commands_pictures.summary, "the checkpoint's step and config, its layer table and parameter count"),
+    "sample": (commands_pictures.sample, "a grid of faces decoded from the prior (same seed, same faces)"),
+    "reconstruct": (commands_pictures.reconstruct, "faces above their reconstructions, with the MSE of each"),
+    "interpolate": (commands_pictures.interpolate, "a latent walk from face A to face B: a strip (and a GIF)"),
+    "encode": (commands_latents.encode, "keys, mu, logvar (and attributes) of every sample of a split, as .npz"),
+    "attributes": (commands_latents.attributes, "one latent direction per CelebA attribute, saved beside the checkpoint"),
+    "edit": (commands_latents.edit, "faces moved along attribute directions (--add NAME=AMOUNT or --sweep NAME)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one ConfigError line (exit code 2 through cli_entry), not a usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _crop(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'none', got {text!r}")
+    return int(text)
+
+
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    """Option groups shared by several commands."""
+    ckpt = _Parser(add_help=False)
+    g = ckpt.add_argument_group("checkpoint")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="DIR", help="run directory (default: config.json's out_dir/name)")
+    which.add_argument("--checkpoint", metavar="FILE", help="a checkpoint file instead of a run directory")
+    g.add_argument("--last", action="store_true", help="the run's last.pt instead of best.pt")
+    g.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle the whole file (only for files you trust; default: weights-only loading)")
+
+    out = _Parser(add_help=False)
+    out.add_argument("--out", metavar="PATH", help="output file (default: RUN/inference/NAME; a folder: NAME in it)")
+
+    each = _Parser(add_help=False)
+    each.add_argument("--each", metavar="DIR", help="also one PNG per image, at the model's resolution")
+
+    data = _Parser(add_help=False)
+    g = data.add_argument_group("data")
+    g.add_argument("--data", metavar="SHARDS", type=Path, help="preshard output folder (default: the checkpoint's)")
+    g.add_argument("--split", choices=SPLITS, default="test", help="split of the sample keys / samples (%(default)s)")
+    g.add_argument("--backend", default="auto", choices=BACKENDS, help="loader backend (%(default)s)")
+
+    encoding = _Parser(add_help=False)
+    g = encoding.add_argument_group("encoding a split")
+    g.add_argument("--batch-size", type=int, default=256, help="images per encoder batch (%(default)s)")
+    g.add_argument("--max-samples", type=int, metavar="N", help="encode only the first N samples of the split")
+
+    faces = _Parser(add_help=False)
+    faces.add_argument("--crop", type=_crop, default=148, metavar="PX|none",
+                       help="centre square cropped from a file before resizing (148: CelebA's aligned 178×218)")
+    return {"ckpt": ckpt, "out": out, "each": each, "data": data, "encoding": encoding, "faces": faces}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m model", description="Sample, reconstruct, interpolate, encode and edit faces with a "
+                "trained checkpoint.", epilog="examples:\n" + __doc__.split("\n\n")[1],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    cmd: dict[str, argparse.ArgumentParser] = {}
+    uses = {"summary": ("ckpt",), "sample": ("ckpt", "out", "each"), "reconstruct": ("ckpt", "out", "each", "data", "faces"),
+            "interpolate": ("ckpt", "out", "data", "faces"), "encode": ("ckpt", "out", "data", "encoding"),
+            "attributes": ("ckpt", "out", "data", "encoding"), "edit": ("ckpt", "out", "each", "data", "encoding", "faces")}
+    for name, (_, help_text) in COMMANDS.items():
+        par = _parents()  # fresh per command: parents share their actions, and attributes changes a default
+        cmd[name] = sub.add_parser(name, help=help_text, description=help_text, parents=[par[u] for u in uses[name]])
+
+    cmd["sample"].add_argument("--n", type=int, default=64, help="how many faces (64)")
+    cmd["sample"].add_argument("--temperature", type=float, default=1.0, help="std of the prior's samples (1.0)")
+    cmd["sample"].add_argument("--seed", type=int, default=0, help="the same seed gives the same faces (0)")
+
+    cmd["reconstruct"].add_argument("faces", nargs="*", metavar="FACE", help="image files or sample keys of --split")
+    cmd["reconstruct"].add_argument("--n", type=int, help="instead of FACEs: the first N samples of --split")
+
+    cmd["interpolate"].add_argument("faces", nargs=2, metavar="FACE", help="A and B: image files or sample keys")
+    cmd["interpolate"].add_argument("--steps", type=int, default=10, help="decoded codes from A to B (10)")
+    cmd["interpolate"].add_argument("--mode", choices=("slerp", "linear"), default="slerp",
+                                    help="spherical (default) or straight-line walk between the codes")
+    cmd["interpolate"].add_argument("--gif", action="store_true", help="also an animated GIF beside the strip")
+
+    for name in ("attributes", "edit"):
+        cmd[name].add_argument("--min-count", type=int, default=20,
+                               help="faces needed with and without an attribute for its direction (%(default)s)")
+    cmd["attributes"].set_defaults(split="train")
+
+    e = cmd["edit"]
+    e.add_argument("faces", nargs="+", metavar="FACE", help="image files or sample keys of --split")
+    e.add_argument("--add", action="append", metavar="NAME=AMOUNT", help="move along an attribute (repeatable)")
+    e.add_argument("--sweep", action="append", metavar="NAME", help="a row from -span to +span (repeatable)")
+    e.add_argument("--span", type=float, default=2.0, help="largest amount of a sweep (2)")
+    e.add_argument("--steps", type=int, default=9, help="faces per sweep (9)")
+    e.add_argument("--directions", metavar="FILE", help="attribute directions (default: attributes.pt beside the "
+                                                        "checkpoint, computed from the train split when missing)")
+    return p
+
+
+def default_run() -> Path:
+    """The run directory train.py writes without --out: config.json's out_dir/name."""
+    from model.training.config import read_config_file
+
+    cfg = read_config_file()
+    return Path(cfg["out_dir"]) / cfg["name"]
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    from model.use.loading import checkpoint_path, load_trained
+
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        raise ConfigError(f"name a command: {', '.join(COMMANDS)} (python -m model -h for help)")
+    console = Console(highlight=False)
+    path = checkpoint_path(args.run, args.checkpoint, args.last, default_run() if args.run is None else Path())
+    trained = load_trained(path, args.device, trust=args.trust_checkpoint)
+    console.print(f"[bold]model:[/] {trained.describe()}")
+    return COMMANDS[args.command][0](args, trained, console)
