@@ -9,10 +9,17 @@ Reads top to bottom: config → data → model → optimizer → loop → evalua
 Every hyper-parameter is in config.json; any key can be overridden as ``--key value``.
 Loss per image = SSE(sigmoid(logits), x) summed over pixels + β·KL summed over latents; the batch
 loss is their mean over the batch (the negative ELBO when β = 1).
+
+A run can be stopped at any moment and continued with ``--resume``: Ctrl-C or SIGTERM finishes the
+step, writes ``last.pt`` at it and prints the command that resumes (model/training/signals.py);
+checkpoints, metrics and pictures are written atomically, so kill -9 or a full disk never leaves a
+torn file (model/training/disk_full.py); and one run directory has one writer (run_lock.py).
 """
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -22,17 +29,21 @@ from kernels import resolve_impl
 from model.flops import vae_flops_per_image
 from model.training.artifacts import plot_interpolation, plot_pairs, plot_samples, plot_training_log
 from model.training.build import build_model
-from model.training.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_atomic, set_rng_state
+from model.training.checkpoint import (LastCheckpoint, load_checkpoint, load_model_state, make_checkpoint, save_atomic,
+                                       set_rng_state)
 from model.training.config import build_parser, model_mismatch, parse_overrides, read_config_file, validate
 from model.training.data import open_loader, prepare_default_data
+from model.training.disk_full import DiskFull, remove_temps, write_text
 from model.training.evaluate import evaluate
 from model.training.metrics_log import MetricsLog
 from model.training.peak import measure_matmul_peak
 from model.training.progress import EpochProgress, epoch_table, make_console
-from model.training.runtime import init_distributed, resolve_runtime, shutdown_distributed
+from model.training.run_lock import RunLock
+from model.training.runtime import init_distributed, launch_rank, resolve_runtime, shutdown_distributed
+from model.training.signals import StopSignals, resume_command
 from model.training.train_step import NonFiniteWatch, TrainingDiverged, beta_at, lr_at, make_loss_fn, train_step
 from model.vae import ConvVAE, VAEConfig, count_parameters
-from pipeline.errors import ConfigError, cli_entry
+from pipeline.errors import ConfigError, Interrupted, cli_entry, same_command, signal_name
 
 
 @cli_entry
@@ -47,23 +58,31 @@ def main(argv: list[str] | None = None) -> int:
     base = read_config_file(args.config)
     run_dir = Path(args.out) if args.out else Path(overrides.get("out_dir", base["out_dir"])) / overrides.get("name", base["name"])
     ckpt_dir = run_dir / "checkpoints"
-    resume = None
-    if args.resume:
-        resume = load_checkpoint(ckpt_dir / "last.pt")
-        base = {**base, **resume["config"]}  # the run's own settings; the command line still wins
-    cfg = validate({**base, **overrides})
-    if resume is not None and (diff := model_mismatch(resume["config"], cfg)):
-        raise ConfigError(f"checkpoint {ckpt_dir / 'last.pt'} is from another model config ({'; '.join(diff)})")
+    with RunLock(run_dir, enabled=launch_rank() == 0) as lock:  # one trainer per run directory
+        if lock.notice:
+            print(lock.notice, file=sys.stderr)
+        for folder in (run_dir, ckpt_dir) if lock.enabled else ():
+            remove_temps(folder)  # half-written files of a killed run (the lock says nobody else writes)
+        resume = None
+        if args.resume:
+            resume = load_checkpoint(ckpt_dir / "last.pt")
+            base = {**base, **resume["config"]}  # the run's own settings; the command line still wins
+        cfg = validate({**base, **overrides})
+        if resume is not None and (diff := model_mismatch(resume["config"], cfg)):
+            raise ConfigError(f"checkpoint {ckpt_dir / 'last.pt'} is from another model config ({'; '.join(diff)})")
 
-    rank, local_rank, world_size = init_distributed()
-    try:
-        return _run(cfg, run_dir, resume, rank, local_rank, world_size, t_start)
-    finally:
-        shutdown_distributed()
+        rank, local_rank, world_size = init_distributed()
+        last = LastCheckpoint(ckpt_dir / "last.pt", resume["step"] if resume else None)
+        try:
+            return _run(cfg, run_dir, resume, last, rank, local_rank, world_size, t_start)
+        except (KeyboardInterrupt, DiskFull) as err:
+            raise _with_resume_hint(err, last, run_dir) from None
+        finally:
+            shutdown_distributed()
 
 
-def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: int, world_size: int,
-         t_start: float) -> int:
+def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, rank: int, local_rank: int,
+         world_size: int, t_start: float) -> int:
     rt = resolve_runtime(cfg, rank, local_rank, world_size)
     console = make_console(rt.is_main)
     ckpt_dir = run_dir / "checkpoints"
@@ -74,7 +93,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
     shards = prepare_default_data(cfg, rt, console)
     if rt.is_main:  # only once the data is known to be good: bad input leaves no half-made run dir
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        write_text(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
     train_loader = open_loader(cfg, rt, shards, "train", train=True)
     val_loader = open_loader(cfg, rt, shards, "val")
     steps_per_epoch = len(train_loader)  # ≥ 1: make_loader refuses a batch larger than a rank's part
@@ -107,24 +126,24 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
         torch.manual_seed(cfg["seed"] + rank)  # each rank its own eps stream
     beta_t = torch.zeros((), device=rt.device)  # a tensor, so compiled code never recompiles as β anneals
     watch = NonFiniteWatch(rt.device)
-    last_ckpt: tuple[Path, int] | None = (ckpt_dir / "last.pt", step) if resume is not None else None
+    # A stop signal is honoured after the step it lands in; the ranks agree on that step every step on CPU
+    # (a sub-millisecond collective) and at log intervals on CUDA (where the log syncs anyway): see signals.py.
+    stop = StopSignals(distributed=rt.distributed, check_every=1 if rt.device.type == "cpu" else cfg["log_interval"],
+                       device=rt.device, announce=rt.is_main)
 
     def save(name: str, epoch: int, batch_in_epoch: int) -> None:
-        nonlocal last_ckpt
         if rt.is_main:
             state = make_checkpoint(model=raw, optimizer=optimizer, scaler=scaler, step=step, epoch=epoch,
                                     batch_in_epoch=batch_in_epoch, best_val_elbo=best_val_elbo, config=cfg)
             save_atomic(state, ckpt_dir / name)
         if name == "last.pt":
-            last_ckpt = (ckpt_dir / name, step)
+            last.step = step
 
     def check_finite(epoch: int) -> None:
         bad = watch.check(rt.distributed)
         if bad is not None:
-            kept = (f"last good checkpoint {last_ckpt[0]} (step {last_ckpt[1]}) is intact" if last_ckpt
-                    else "no checkpoint had been written yet")
-            raise TrainingDiverged(f"loss became NaN/inf at step {bad} (epoch {epoch}); training stopped, {kept}. "
-                                   "Try a lower lr, a longer kl_warmup_steps or amp off.")
+            raise TrainingDiverged(f"loss became NaN/inf at step {bad} (epoch {epoch}); training stopped, "
+                                   f"{last.describe()}. Try a lower lr, a longer kl_warmup_steps or amp off.")
 
     if rt.is_main:
         console.print(f"[bold]run:[/] {run_dir}  |  {rt.describe()['device_name']} × {world_size}  |  amp {rt.amp}, "
@@ -139,75 +158,79 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
     images_per_step = cfg["batch_size"] * world_size
     params = list(raw.parameters())
     epoch = start_epoch - 1  # a resumed, already finished run goes straight to the test
-    for epoch in range(start_epoch, cfg["epochs"]):
-        train_loader.set_epoch(epoch)
-        batches = iter(train_loader)
-        first = skip_batches if epoch == start_epoch else 0
-        for _ in range(first):  # mid-epoch resume: replay the loader to the checkpoint's position
-            next(batches)
-        progress = EpochProgress(console, epoch, cfg["epochs"], steps_per_epoch, completed=first, device=rt.device)
-        t_epoch, epoch_images, t_log, images_since_log = time.perf_counter(), 0, time.perf_counter(), 0
-        with progress:
-            for i, x in enumerate(batches, start=first):
-                lr = lr_at(step, lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
-                           schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                beta = beta_at(step, beta=cfg["beta"], warmup_steps=cfg["kl_warmup_steps"])
-                beta_t.fill_(beta)
-                parts = train_step(model, optimizer, scaler, x, beta_t, loss_fn=loss_fn, autocast=rt.autocast(),
-                                   grad_clip=cfg["grad_clip"], params=params)
-                watch.observe(parts.loss, step)
-                step += 1
-                epoch_images += images_per_step
-                images_since_log += images_per_step
-                last_batch = i + 1 == steps_per_epoch
-                if step % cfg["log_interval"] == 0 or last_batch:
-                    check_finite(epoch)
-                    logged = torch.stack([parts.loss, parts.rec, parts.kl]).float()
-                    if rt.distributed:  # the global batch's means, comparable to one process
-                        torch.distributed.all_reduce(logged)
-                        logged /= world_size
-                    loss, rec, kl = logged.tolist()  # the one sync per log interval
-                    now = time.perf_counter()
-                    ips = images_since_log / (now - t_log)
-                    record = {"kind": "train", "step": step, "epoch": epoch + 1, "loss": loss, "rec": rec, "kl": kl,
-                              "mse_per_pixel": rec / x[0].numel(), "beta": beta, "lr": lr, "images_per_s": ips}
-                    if peak:
-                        record["mfu"] = ips * flops_per_image / peak
-                    log.log(record)
-                    progress.update(loss=loss, rec=rec, kl=kl, ips=ips, mfu=record.get("mfu"))
-                    t_log, images_since_log = now, 0
-                progress.advance()
-                if cfg["checkpoint_interval"] and step % cfg["checkpoint_interval"] == 0 and not last_batch:
-                    check_finite(epoch)
-                    save("last.pt", epoch, i + 1)
-                if cfg["stop_at_step"] and step >= cfg["stop_at_step"] and not last_batch:
-                    check_finite(epoch)
-                    save("last.pt", epoch, i + 1)
-                    stopped_early = True
-                    break
-        epoch_seconds = time.perf_counter() - t_epoch
-        train_images += epoch_images
-        train_seconds += epoch_seconds
-        if stopped_early:
-            break
+    with stop:  # inside, SIGINT/SIGTERM stop the loop after the current step, with a checkpoint
+        for epoch in range(start_epoch, cfg["epochs"]):
+            train_loader.set_epoch(epoch)
+            batches = iter(train_loader)
+            first = skip_batches if epoch == start_epoch else 0
+            for _ in range(first):  # mid-epoch resume: replay the loader to the checkpoint's position
+                next(batches)
+            progress = EpochProgress(console, epoch, cfg["epochs"], steps_per_epoch, completed=first, device=rt.device)
+            t_epoch, epoch_images, t_log, images_since_log = time.perf_counter(), 0, time.perf_counter(), 0
+            with progress:
+                for i, x in enumerate(batches, start=first):
+                    lr = lr_at(step, lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
+                               schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"])
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    beta = beta_at(step, beta=cfg["beta"], warmup_steps=cfg["kl_warmup_steps"])
+                    beta_t.fill_(beta)
+                    parts = train_step(model, optimizer, scaler, x, beta_t, loss_fn=loss_fn, autocast=rt.autocast(),
+                                       grad_clip=cfg["grad_clip"], params=params)
+                    watch.observe(parts.loss, step)
+                    step += 1
+                    epoch_images += images_per_step
+                    images_since_log += images_per_step
+                    last_batch = i + 1 == steps_per_epoch
+                    if step % cfg["log_interval"] == 0 or last_batch:
+                        check_finite(epoch)
+                        logged = torch.stack([parts.loss, parts.rec, parts.kl]).float()
+                        if rt.distributed:  # the global batch's means, comparable to one process
+                            torch.distributed.all_reduce(logged)
+                            logged /= world_size
+                        loss, rec, kl = logged.tolist()  # the one sync per log interval
+                        now = time.perf_counter()
+                        ips = images_since_log / (now - t_log)
+                        record = {"kind": "train", "step": step, "epoch": epoch + 1, "loss": loss, "rec": rec,
+                                  "kl": kl, "mse_per_pixel": rec / x[0].numel(), "beta": beta, "lr": lr,
+                                  "images_per_s": ips}
+                        if peak:
+                            record["mfu"] = ips * flops_per_image / peak
+                        log.log(record)
+                        progress.update(loss=loss, rec=rec, kl=kl, ips=ips, mfu=record.get("mfu"))
+                        t_log, images_since_log = now, 0
+                    progress.advance()
+                    # An epoch's last step is saved after validation, below; a stop there waits for it.
+                    stopping = stop.should_stop(step) or bool(cfg["stop_at_step"] and step >= cfg["stop_at_step"])
+                    at_interval = cfg["checkpoint_interval"] and step % cfg["checkpoint_interval"] == 0
+                    if (stopping or at_interval) and not last_batch:
+                        check_finite(epoch)
+                        save("last.pt", epoch, i + 1)
+                    if stopping and not last_batch:
+                        stopped_early = True
+                        break
+            epoch_seconds = time.perf_counter() - t_epoch
+            train_images += epoch_images
+            train_seconds += epoch_seconds
+            if stopped_early:
+                break
 
-        # -------------------------------------------------------------- validation + checkpoints
-        val = evaluate(raw, val_loader, rt, impl=impl, seed=cfg["seed"]).metrics
-        log.log({"kind": "val", "step": step, "epoch": epoch + 1, **val})
-        is_best = best_val_elbo is None or val["elbo"] > best_val_elbo
-        if is_best:
-            best_val_elbo = val["elbo"]
-        save("last.pt", epoch + 1, 0)
-        if is_best:
-            save("best.pt", epoch + 1, 0)
-        train_rec = [r for r in log.records if r["kind"] == "train" and r["epoch"] == epoch + 1]
-        console.print(epoch_table(epoch + 1, cfg["epochs"], train_rec[-1] if train_rec else None, val,
-                                  epoch_images / epoch_seconds, progress.gpu_util, is_best))
-        if cfg["stop_at_step"] and step >= cfg["stop_at_step"]:
-            stopped_early = epoch + 1 < cfg["epochs"]
-            break
+            # ---------------------------------------------------------- validation + checkpoints
+            val = evaluate(raw, val_loader, rt, impl=impl, seed=cfg["seed"]).metrics
+            log.log({"kind": "val", "step": step, "epoch": epoch + 1, **val})
+            is_best = best_val_elbo is None or val["elbo"] > best_val_elbo
+            if is_best:
+                best_val_elbo = val["elbo"]
+                save("best.pt", epoch + 1, 0)  # before last.pt: a kill between the two redoes this epoch's end
+            save("last.pt", epoch + 1, 0)
+            train_rec = [r for r in log.records if r["kind"] == "train" and r["epoch"] == epoch + 1]
+            console.print(epoch_table(epoch + 1, cfg["epochs"], train_rec[-1] if train_rec else None, val,
+                                      epoch_images / epoch_seconds, progress.gpu_util, is_best))
+            if stop.should_stop(step, force=True) or (cfg["stop_at_step"] and step >= cfg["stop_at_step"]):
+                stopped_early = epoch + 1 < cfg["epochs"]
+                break
+    if stop.agreed:  # last.pt holds this very step; the test evaluation waits for the resumed run
+        return _stopped(stop.agreed, step, last, rt, run_dir, (train_loader, val_loader))
 
     # ------------------------------------------------------------------ test evaluation
     test_loader = open_loader(cfg, rt, shards, "test", with_keys=True)
@@ -228,7 +251,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
             "wall_time_s": wall, "runtime": rt.describe(), "loss_impl": impl, "loader": train_loader.backend,
             "world_size": world_size,
         }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         console.print(epoch_table(None, cfg["epochs"], None, test.metrics, summary["images_per_s"], None, False,
                                   title=f"test ({test.metrics['count']:,} images) after {step} steps, {wall:.0f} s"))
         console.print(f"[bold green]done:[/] {run_dir}")
@@ -237,6 +260,29 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, rank: int, local_rank: i
     if rt.distributed:
         torch.distributed.barrier()  # rank 0 has written everything; tear down together
     return 0
+
+
+def _stopped(signum: int, step: int, last: LastCheckpoint, rt, run_dir: Path, loaders) -> int:
+    """End a run stopped by a signal: every rank waits for rank 0's checkpoint, rank 0 says how to resume."""
+    for loader in loaders:
+        loader.close()
+    if rt.distributed:
+        torch.distributed.barrier()  # nobody exits (and makes torchrun stop the others) before last.pt is written
+    if rt.is_main:
+        print(f"stopped by {signal_name(signum)} at step {step}: {last.path} holds that step; resume with: "
+              f"{resume_command(run_dir)}", file=sys.stderr, flush=True)
+    return 128 + signum
+
+
+def _with_resume_hint(err: BaseException, last: LastCheckpoint, run_dir: Path) -> BaseException:
+    """The one line for a stop without saving (a second Ctrl-C, or a signal outside the training loop)
+    or a full disk: what is kept, and the command that continues."""
+    how = (f"resume with: {resume_command(run_dir)}" if last.step is not None
+           else f"run the same command to start again: {same_command()}")
+    if isinstance(err, DiskFull):
+        return DiskFull(f"{err}; {last.describe()}; free some space, then {how}")
+    signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+    return Interrupted(signum, f"stopped by {signal_name(signum)} without saving; {last.describe()}; {how}")
 
 
 def _device_peak_flops(rt) -> float | None:

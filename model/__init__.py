@@ -10,7 +10,9 @@
     training/     the trainer's helpers, used by train.py: config, runtime (device, DDP, AMP,
                   compile), data (shards → loaders), build (model on the device, DDP, compile),
                   train_step, evaluate, checkpoint, metrics_log, progress, artifacts (pictures),
-                  gpu_util (NVML sampler), peak (measured matmul peak, the MFU denominator)
+                  gpu_util (NVML sampler), peak (measured matmul peak, the MFU denominator),
+                  signals (Ctrl-C/SIGTERM: checkpoint the step, agree across ranks), run_lock
+                  (one trainer per run directory), disk_full (atomic writes, a full disk as one line)
 
 ``model`` may import ``pipeline`` and ``kernels``; it never imports ``train`` or ``bench``.
 """

@@ -6,10 +6,17 @@ per DataLoader worker, so samples are neither duplicated nor lost whatever the w
 Each worker seeks straight to its first sample with the index file and streams the tar from
 there with webdataset's tar iterator. Workers hand over small uint8 chunks; the main
 process re-batches them into exact ``batch_size`` batches and applies the last-batch policy.
+Stop signals are the main process's to handle (it finishes its step and checkpoints): a Ctrl-C
+reaches every process of the terminal's group, so workers ignore SIGINT; a scheduler's SIGTERM
+reaches every process of the job, and workers leave on it with status 0, which torch does not
+report as a crash in the middle of the main process's step (a worker killed by the signal would
+be). They cannot ignore SIGTERM too: multiprocessing stops leftover workers with it at exit.
 """
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import sys
 import tarfile
 from typing import Iterator, Sequence
@@ -129,6 +136,12 @@ class PartStream(IterableDataset):
         yield from buf
 
 
+def _worker_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: ignore Ctrl-C, leave quietly on SIGTERM (see the module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+
+
 def _as_is(chunk):
     """DataLoader's per-item conversion, disabled: numpy chunks travel pickled through the
     worker pipe, which is ~10x cheaper than torch's shared-memory hand-over of many small
@@ -157,7 +170,8 @@ class WebDatasetLoader(LoaderBase):
             # worker, where its threads are gone: it deadlocks. Collect it here, where they live.
             gc.collect()
         chunks = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                            prefetch_factor=self._prefetch if workers else None)
+                            prefetch_factor=self._prefetch if workers else None,
+                            worker_init_fn=_worker_signals if workers else None)
         return self._batches(chunks)
 
     def _batches(self, chunks: Iterator) -> Iterator:

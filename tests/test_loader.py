@@ -118,6 +118,54 @@ def test_matches_pil_reference(shards_dir, backend):
         assert worst <= 0.5 / 255  # same filter, same window: only rounding differs
 
 
+# ----------------------------------------------------------------------------- real photographs
+
+
+@pytest.fixture(scope="module")
+def photo_shards(tmp_path_factory):
+    """Shards of a CelebA-layout tree (all in val) of 48 crop windows, 178×218, of a real photograph
+    (matplotlib's grace_hopper.jpg, 512×600) re-encoded at JPEG quality 75, 90 and 95: photographs hold
+    fine detail (hair, fabric, film grain) that the smooth synthetic faces lack."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    from pipeline.preshard import preshard
+
+    root = tmp_path_factory.mktemp("photo")
+    (root / "img_align_celeba").mkdir()
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as img:
+        photo = img.convert("RGB")
+    rng = np.random.default_rng(0)
+    for i in range(1, 49):
+        x, y = int(rng.integers(0, photo.width - 177)), int(rng.integers(0, photo.height - 217))
+        photo.crop((x, y, x + 178, y + 218)).save(root / "img_align_celeba" / f"{i:06d}.jpg",
+                                                  quality=(75, 90, 95)[i % 3])
+    (root / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg 1\n" for i in range(1, 49)))
+    preshard(root, root / "shards", workers=1, progress=False)
+    return root / "shards"
+
+
+@pytest.mark.parametrize("backend,size,tol", [("webdataset", 64, 0.5 / 255), ("webdataset", 32, 2 / 255),
+                                              ("dali-cpu", 64, 0.5 / 255)])
+def test_matches_pil_reference_on_real_photographs(photo_shards, backend, size, tol):
+    """The loader's promise on photographs: the fallback within 2/255 (identical at 148 → 64, where it
+    does not draft), DALI-CPU within 0.5/255."""
+    jpegs = jpeg_bytes(photo_shards, "val")
+    _check_against_reference(loader(photo_shards, "val", 16, backend, size=size), jpegs, size=size, tol=tol)
+
+
+def test_draft_only_where_it_stays_within_the_promise(photo_shards):
+    jpegs = list(jpeg_bytes(photo_shards, "val").values())
+    drafted = 0
+    for data in jpegs:
+        assert np.array_equal(decode_crop_resize(data, draft=True), reference_image(data))  # 148 → 64: no draft
+        small = decode_crop_resize(data, 148, 32, draft=True).astype(np.float32)
+        full = reference_image(data, 148, 32).astype(np.float32)
+        assert np.abs(small - full).mean() <= 2.0
+        drafted += not np.array_equal(small, full)
+    assert drafted == len(jpegs)  # 148 → 32 does decode at half size
+
+
 def test_fallback_without_draft_matches_reference_closely(shards_dir):
     jpegs = jpeg_bytes(shards_dir, "test")
     worst = _check_against_reference(loader(shards_dir, "test", 16, "webdataset", draft=False), jpegs)
@@ -377,14 +425,6 @@ def test_auto_falls_back_to_webdataset_with_one_notice(shards_dir, monkeypatch, 
 def test_default_backend_is_dali(shards_dir):
     ld = make_loader(shards_dir, "val", 4, num_threads=1)
     assert ld.backend == ("dali-gpu" if CUDA else "dali-cpu")
-
-
-def test_draft_decode_stays_close_to_full_decode(shards_dir):
-    jpegs = list(jpeg_bytes(shards_dir, "test").values())[:10]
-    for data in jpegs:
-        full = decode_crop_resize(data).astype(np.float32)
-        draft = decode_crop_resize(data, draft=True).astype(np.float32)
-        assert np.abs(full - draft).mean() <= 2.0
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")

@@ -1,22 +1,29 @@
-"""DDP: two gloo processes with batch B behave like one process with batch 2B.
+"""DDP: two gloo processes with batch B behave like one process with batch 2B; stops and failures.
 
 BatchNorm normalises each rank's own batch (SyncBatchNorm has no CPU kernel; see README), so the
 match is exact against a one-process emulation of per-rank BatchNorm and close — within a stated
-tolerance — to one process with the doubled batch and whole-batch BatchNorm.
+tolerance — to one process with the doubled batch and whole-batch BatchNorm. Under torchrun, a
+SIGTERM stops every rank at one agreed step with a checkpoint, and a rank that raises ends the job
+in bounded time.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from tests.test_train import ROOT, SMALL, read_jsonl
+from tests.test_train import ROOT, SMALL, read_jsonl, steps_per_epoch
+
+FAULTS = ROOT / "tests" / "train_with_faults.py"  # train.py with switchable faults
 
 SMALL_CFG = dict(channels=(16, 32, 64, 128), latent_dim=32)
 STEPS, HALF = 3, 8
@@ -149,3 +156,51 @@ def test_torchrun_two_processes_vs_one(shards_dir, tmp_path):
     mean = lambda rs: sum(r["loss"] for r in rs) / len(rs)
     assert mean(train2) == pytest.approx(mean(train1), rel=0.05)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def _torchrun(*args, port: int | None = None) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+            f"--master_port={port or _free_port()}", str(FAULTS), *map(str, args)]
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_ends_the_job_in_bounded_time(shards_dir, tmp_path):
+    """Rank 1 raises in its third step while rank 0 goes on: the job must end (gloo reports the lost peer,
+    torchrun stops the rest), within 60 s start-up included, with rank 1's error in the output."""
+    env = {**os.environ, "COLUMNS": "120", "OMP_NUM_THREADS": "1", "FAULT_RAISE": "1:3"}
+    t0 = time.monotonic()
+    proc = subprocess.run(_torchrun("--data", shards_dir, "--out", tmp_path / "run", "--epochs", 1, *SMALL,
+                                    "--batch_size", 8), cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0 and elapsed < 60, (proc.returncode, elapsed)
+    assert "RuntimeError: injected failure on rank 1 at step 3" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes(shards_dir, tmp_path):
+    """A scheduler's SIGTERM to every process of the job (torchrun forwards it once more): the ranks agree
+    on one step, rank 0 writes last.pt at it, and the printed torchrun command resumes the run."""
+    out = tmp_path / "run"
+    marker = tmp_path / "marker"
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1", "FAULT_SLOW_STEP": "4:3",
+           "FAULT_MARKER": str(marker)}
+    with open(tmp_path / "err", "w") as err:
+        job = subprocess.Popen(_torchrun("--data", shards_dir, "--out", out, "--epochs", 1, *SMALL, "--batch_size", 8),
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=60)
+    stderr = (tmp_path / "err").read_text()
+    lines = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM at step 4:")]
+    assert len(lines) == 1, stderr[-3000:]  # rank 0 speaks for both
+    assert torch.load(out / "checkpoints/last.pt", weights_only=False)["step"] == 4
+    resume = shlex.split(lines[0].split("resume with: ", 1)[1])
+    assert resume[-3:] == ["--out", str(out), "--resume"] and "--nproc_per_node=2" in resume
+    env.pop("FAULT_SLOW_STEP")
+    proc = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert train == list(range(2, train[-1] + 1, 2)) and train[-1] == steps_per_epoch(shards_dir, 8, world=2)

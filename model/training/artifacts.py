@@ -2,16 +2,20 @@
 
 Plotting takes plain CPU tensors/arrays (images B×3×H×W in [0, 1]) so that it never touches the
 model or the device; train.py gathers the images, this module draws them. matplotlib runs with the
-Agg backend: no display is needed.
+Agg backend: no display is needed. Each picture is rendered in memory and replaced atomically, so a
+full disk or a kill leaves the previous picture (or none), never half a PNG.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+
+from model.training.disk_full import atomic_write
 
 
 def _plt():
@@ -41,9 +45,12 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    _plt().close(fig)
-    return path
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
+    return atomic_write(path, buffer.getbuffer())
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

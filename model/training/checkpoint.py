@@ -2,21 +2,24 @@
 
 A checkpoint holds the model, optimizer and GradScaler states, the position in training
 (global step, epoch, batches done in that epoch), the best validation ELBO so far, the merged
-config and every RNG state (Python, NumPy, torch CPU and CUDA). It is written to a temporary
-file in the same folder and moved into place with ``os.replace``, so a crash mid-write leaves the
-previous ``last.pt`` intact.
+config and every RNG state (Python, NumPy, torch CPU and CUDA). It is serialised in memory first
+and then written through :func:`model.training.disk_full.atomic_write` (temporary file in the same
+folder, fsync, ``os.replace``), so kill -9 or a full disk mid-write leaves the previous ``last.pt``
+intact, and a full disk is reported as one line naming the file (not as torch's zip writer's
+"unexpected pos" error, which is what ``torch.save`` straight to a full disk raises).
 """
 from __future__ import annotations
 
-import os
+import io
 import random
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from model.training.disk_full import atomic_write
 from pipeline.errors import ConfigError
 
 FORMAT = "celeba-vae-ckpt/1"
@@ -44,20 +47,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace`` onto it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` into memory, then :func:`atomic_write` onto ``path`` (DiskFull when the disk is full)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # a few times the model's size: small for this VAE
+    return atomic_write(path, buffer.getbuffer())
+
+
+@dataclass
+class LastCheckpoint:
+    """The newest complete ``last.pt``: what a stop or a failure leaves to resume from."""
+
+    path: Path
+    step: int | None = None  # None: none written yet
+
+    def describe(self) -> str:
+        return (f"checkpoint {self.path} (step {self.step}) is intact" if self.step is not None
+                else "no checkpoint had been written yet")
 
 
 def make_checkpoint(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, step: int,

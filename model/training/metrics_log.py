@@ -2,7 +2,9 @@
 
 Records carry ``kind`` ("train", "val", "test"), ``step`` and ``epoch``. On ``--resume`` the file is
 cut back to the checkpoint's step, so that lines logged after the last checkpoint of an interrupted
-run are not repeated: the resumed file reads like an uninterrupted run's.
+run (stopped, killed, or out of disk space) are not repeated: the resumed file reads like an
+uninterrupted run's. The cut rewrites the file atomically, and an append that fails is undone
+(see :mod:`model.training.disk_full`); a last line torn by kill -9 mid-append is dropped on reading.
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from model.training.disk_full import append_line, write_text
+from pipeline.errors import ConfigError
 
 
 class MetricsLog:
@@ -19,7 +24,7 @@ class MetricsLog:
         self.path = Path(path) if path else None
         self.records: list[dict[str, Any]] = []
         if self.path and self.path.exists():
-            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.records = _read(self.path)
 
     def truncate_after(self, step: int, epochs_done: int) -> None:
         """Keep train records up to ``step`` and validation records of the ``epochs_done`` finished
@@ -27,18 +32,34 @@ class MetricsLog:
         keep = [r for r in self.records
                 if (r["kind"] == "train" and r["step"] <= step)
                 or (r["kind"] == "val" and r["epoch"] <= epochs_done)]
-        self.records = keep
-        if self.path:
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        self._rewrite(keep)
 
     def reset(self) -> None:
-        self.records = []
-        if self.path:
-            self.path.write_text("")
+        self._rewrite([])
 
     def log(self, record: dict[str, Any]) -> None:
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self.records.append(record)
         if self.path:
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_line(self.path, json.dumps(record) + "\n")
+        self.records.append(record)
+
+    def _rewrite(self, records: list[dict[str, Any]]) -> None:
+        if self.path:
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
+        self.records = records
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # torn by a kill mid-append; the resume cuts back past it anyway
+            raise ConfigError(f"{path} line {i + 1} is not JSON; it was not written by this trainer "
+                              "(delete or repair it to resume)") from None
+    return records

@@ -86,6 +86,12 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def launch_rank() -> int:
+    """This process's global rank as torchrun sets it (0 when not launched by torchrun): known
+    before the process group exists, e.g. to let only rank 0 lock the run directory."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed() -> tuple[int, int, int]:
     """(rank, local_rank, world_size); joins the process group when launched by torchrun."""
     from pipeline.epoch import resolve_rank

@@ -14,7 +14,7 @@ from ..layout import SPLITS
 from .run import preshard
 
 
-@cli_entry
+@cli_entry(resumable=True)
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m pipeline.preshard --celeba SRC --out DIR [--shard-mb 100] [--max-samples N] ...``."""
     from rich.console import Console

@@ -8,7 +8,7 @@ from ..errors import UserError, cli_entry
 from .tree import partition_sizes, write_synthetic_celeba
 
 
-@cli_entry
+@cli_entry(resumable=True)
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m pipeline.synthetic --out DIR --n N [--seed S] [--zip] [--workers W]``."""
     import time

@@ -1,8 +1,17 @@
 """The CelebA-layout tree: rendering one image, the partition sizes, writing the images (folder
-or zip) and the two list files."""
+or zip) and the two list files.
+
+Interrupted (Ctrl-C, SIGTERM, kill -9) the tree never looks complete, and the same call resumes:
+``list_eval_partition.txt``, which readers (preshard, train.py's default data) take as the sign of
+a finished tree, is removed first and written last, each file atomically (temporary name, then
+rename). A folder run records its (n, seed) in ``.synthetic-partial.json`` while it works; a rerun
+with the same n and seed keeps the images already written (each one complete, being renamed into
+place) and draws the rest. A zip is renamed into place when complete, so a rerun starts it again.
+"""
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import zipfile
@@ -19,6 +28,9 @@ from .face import draw_face
 OFFICIAL_PARTITION = (162_770, 19_867, 19_962)
 
 IMAGE_FOLDER = "img_align_celeba"
+PARTITION_LIST = "list_eval_partition.txt"  # written last: its presence means the tree is complete
+ATTRIBUTE_LIST = "list_attr_celeba.txt"
+PARTIAL = ".synthetic-partial.json"  # (n, seed) of a folder run in progress: a rerun resumes it
 
 # (image number, JPEG bytes or None once written to the folder, attribute row of ±1)
 _Rendered = tuple[int, bytes | None, list[int]]
@@ -41,12 +53,16 @@ def render_image(seed: int, index: int, quality: int | None = None) -> tuple[byt
     Every image has its own RNG seeded by ``(seed, index)``, so the output is identical whatever
     the worker count; the JPEG quality is its last draw.
     """
-    rng = random.Random(f"celeba-synthetic:{seed}:{index}")
+    rng = _image_rng(seed, index)
     attrs = sample_attributes(rng)
     img = draw_face(rng, attrs)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality or rng.randint(86, 95), subsampling=2)
     return buf.getvalue(), attrs
+
+
+def _image_rng(seed: int, index: int) -> random.Random:
+    return random.Random(f"celeba-synthetic:{seed}:{index}")
 
 
 def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *, as_zip: bool = False,
@@ -56,7 +72,7 @@ def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *,
     Layout: ``img_align_celeba/000001.jpg…`` (or ``img_align_celeba.zip`` holding that folder
     when ``as_zip``), ``list_eval_partition.txt`` (official proportions, train ids first, then
     val, then test) and ``list_attr_celeba.txt`` (the 40 official attributes, 1/-1). The bytes
-    depend only on ``n`` and ``seed``, never on ``workers``.
+    depend only on ``n`` and ``seed``, never on ``workers`` or on how often the run was interrupted.
     """
     if not isinstance(n, int) or n < 1:
         raise UserError(f"--n must be a positive number of images, got {n!r}")
@@ -65,19 +81,30 @@ def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *,
     workers = max(1, int(workers or usable_cores()))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / PARTITION_LIST).unlink(missing_ok=True)  # from here until the end the tree is unfinished
     if as_zip:
         rows = _write_zip(out / f"{IMAGE_FOLDER}.zip", seed, n, workers, progress)
     else:
-        rows = _write_folder(out / IMAGE_FOLDER, seed, n, workers, progress)
-    _write_partition_list(out / "list_eval_partition.txt", n)
-    _write_attribute_list(out / "list_attr_celeba.txt", rows)
+        state = {"n": n, "seed": seed}
+        marker = out / PARTIAL
+        resume = marker.is_file() and _read_json(marker) == state
+        _atomic_write(marker, json.dumps(state).encode())
+        rows = _write_folder(out / IMAGE_FOLDER, seed, n, workers, progress, keep_existing=resume)
+    _atomic_write(out / ATTRIBUTE_LIST, _attribute_list(rows).encode())
+    _atomic_write(out / PARTITION_LIST, _partition_list(n).encode())
+    (out / PARTIAL).unlink(missing_ok=True)
     return out
 
 
-def _write_folder(folder: Path, seed: int, n: int, workers: int, progress: bool) -> dict[int, list[int]]:
-    """The images as files in ``folder`` (the workers write them); returns the attribute rows."""
+def _write_folder(folder: Path, seed: int, n: int, workers: int, progress: bool, keep_existing: bool
+                  ) -> dict[int, list[int]]:
+    """The images as files in ``folder`` (the workers write them); returns the attribute rows.
+    ``keep_existing``: images already there are this run's own (same n and seed): keep them."""
     folder.mkdir(exist_ok=True)
-    return {i: row for i, _, row in _render_all(seed, n, workers, str(folder), progress)}
+    for tmp in folder.glob(".*.tmp"):  # a killed worker's unfinished image
+        tmp.unlink(missing_ok=True)
+    render = partial(_render_chunk, seed, folder=str(folder), keep_existing=keep_existing)
+    return {i: row for i, _, row in _render_all(render, n, workers, progress)}
 
 
 def _write_zip(path: Path, seed: int, n: int, workers: int, progress: bool) -> dict[int, list[int]]:
@@ -87,34 +114,55 @@ def _write_zip(path: Path, seed: int, n: int, workers: int, progress: bool) -> d
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(_zip_info(f"{IMAGE_FOLDER}/"), b"")
-        for i, data, row in _render_all(seed, n, workers, None, progress):
+        for i, data, row in _render_all(partial(_render_chunk, seed), n, workers, progress):
             rows[i] = row
             zf.writestr(_zip_info(f"{IMAGE_FOLDER}/{i:06d}.jpg"), data)
     os.replace(tmp, path)
     return rows
 
 
-def _render_all(seed: int, n: int, workers: int, folder: str | None, progress: bool) -> Iterator[_Rendered]:
-    """Images 1..n in order, rendered in chunks by ``workers`` processes, with a progress bar."""
+def _render_all(render, n: int, workers: int, progress: bool) -> Iterator[_Rendered]:
+    """Images 1..n in order, rendered in chunks by ``render`` in ``workers`` processes, with a progress bar."""
     chunk = max(8, min(256, n // (workers * 8) or 8))
     chunks = [list(range(start, min(n, start + chunk - 1) + 1)) for start in range(1, n + 1, chunk)]
-    render = partial(_render_chunk, seed, folder=folder)
     with ProgressBar(progress, "drawing faces", total=n) as bar:
         for indices, results in ordered_map(render, chunks, workers, caller="write_synthetic_celeba()"):
             yield from results
             bar.advance(len(indices))
 
 
-def _render_chunk(seed: int, indices: Sequence[int], folder: str | None = None) -> list[_Rendered]:
-    """Worker: render images; write them into ``folder`` (returning no bytes) or return the bytes."""
+def _render_chunk(seed: int, indices: Sequence[int], folder: str | None = None, keep_existing: bool = False
+                  ) -> list[_Rendered]:
+    """Worker: render images; write them into ``folder`` (returning no bytes) or return the bytes.
+    With ``keep_existing`` an image already in ``folder`` is kept: only its attributes are drawn
+    (they are the first draws of its RNG, so that is cheap and gives the same values)."""
     out = []
     for i in indices:
-        data, attrs = render_image(seed, i)
-        if folder is not None:
-            Path(folder, f"{i:06d}.jpg").write_bytes(data)
-            data = None
+        path = Path(folder, f"{i:06d}.jpg") if folder is not None else None
+        data: bytes | None
+        if path is not None and keep_existing and path.is_file():
+            data, attrs = None, sample_attributes(_image_rng(seed, i))
+        else:
+            data, attrs = render_image(seed, i)
+            if path is not None:
+                _atomic_write(path, data)
+                data = None
         out.append((i, data, [1 if attrs[name] else -1 for name in ATTRIBUTES]))
     return out
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write under a temporary name, then rename: a file that exists under its name is complete."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _zip_info(name: str) -> zipfile.ZipInfo:
@@ -123,16 +171,15 @@ def _zip_info(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def _write_partition_list(path: Path, n: int) -> None:
+def _partition_list(n: int) -> str:
     """``000001.jpg 0`` per image: 0 = train, 1 = val, 2 = test, in that order."""
     train, val, _ = partition_sizes(n)
-    lines = [f"{i:06d}.jpg {0 if i <= train else 1 if i <= train + val else 2}\n" for i in range(1, n + 1)]
-    path.write_text("".join(lines))
+    return "".join(f"{i:06d}.jpg {0 if i <= train else 1 if i <= train + val else 2}\n" for i in range(1, n + 1))
 
 
-def _write_attribute_list(path: Path, rows: dict[int, list[int]]) -> None:
+def _attribute_list(rows: dict[int, list[int]]) -> str:
     """CelebA's format: the image count, the attribute names, then one row of right-aligned ±1 per image."""
     n = len(rows)
     lines = [f"{n}\n", " ".join(ATTRIBUTES) + " \n"]
     lines += [f"{i:06d}.jpg" + "".join(f" {v:2d}" for v in rows[i]) + "\n" for i in range(1, n + 1)]
-    path.write_text("".join(lines))
+    return "".join(lines)
