@@ -14,13 +14,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import Collection, Iterator, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, DataError
 from .layout import MANIFEST, MANIFEST_FORMAT, PRESHARD_HINT, SPLITS
-from .wds_index import parse_index, read_index_header
+from .wds_index import IndexMember, parse_index, read_index_header
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,24 @@ class IndexedSample:
 def read_index(shard: ShardFile) -> list[IndexedSample]:
     """Every sample of a shard with its JPEG member's byte range, in tar order."""
     out = []
-    for line_no, members in enumerate(parse_index(shard.index), start=2):
-        jpg = next((m for m in members if m.ext == "jpg"), None)
-        if jpg is None:
-            raise DataError(f"index file {shard.index} line {line_no}: sample has no .jpg member; {PRESHARD_HINT}")
-        out.append(IndexedSample(jpg.name.rsplit(".", 1)[0], shard, jpg.offset, jpg.size))
+    for line_no, key, members in _indexed(shard):
+        jpg = _member(shard, line_no, key, members, "jpg")
+        out.append(IndexedSample(key, shard, jpg.offset, jpg.size))
     return out
+
+
+def _indexed(shard: ShardFile) -> Iterator[tuple[int, str, list[IndexMember]]]:
+    """(line number in the index file, sample key, members) of every sample of a shard, in tar order."""
+    for line_no, members in enumerate(parse_index(shard.index), start=2):
+        yield line_no, members[0].name.rsplit(".", 1)[0], members
+
+
+def _member(shard: ShardFile, line_no: int, key: str, members: list[IndexMember], ext: str) -> IndexMember:
+    """The sample's ``KEY.ext`` member; DataError naming the index line when it has none."""
+    found = next((m for m in members if m.ext == ext), None)
+    if found is None:
+        raise DataError(f"index file {shard.index} line {line_no}: sample {key} has no .{ext} member; {PRESHARD_HINT}")
+    return found
 
 
 def part_samples(order: Sequence[ShardFile], start: int, end: int) -> list[IndexedSample]:
@@ -148,16 +160,10 @@ def read_members(split: SplitShards, ext: str, keys: Collection[str] | None = No
     seen: list[str] = []
     for shard in split.shards:
         entries = []
-        for line_no, members in enumerate(parse_index(shard.index), start=2):
-            key = members[0].name.rsplit(".", 1)[0]
+        for line_no, key, members in _indexed(shard):
             seen.append(key)
-            if wanted is not None and key not in wanted:
-                continue
-            member = next((m for m in members if m.ext == ext), None)
-            if member is None:
-                raise DataError(f"index file {shard.index} line {line_no}: sample {key} has no .{ext} member; "
-                                f"{PRESHARD_HINT}")
-            entries.append((key, member))
+            if wanted is None or key in wanted:
+                entries.append((key, _member(shard, line_no, key, members, ext)))
         if not entries:
             continue
         with open(shard.tar, "rb") as fh:
@@ -191,7 +197,7 @@ def _missing_key_message(split: SplitShards, key: str, seen: list[str]) -> str:
 
 
 def _split_keys(split: SplitShards) -> set[str]:
-    return {members[0].name.rsplit(".", 1)[0] for shard in split.shards for members in parse_index(shard.index)}
+    return {key for shard in split.shards for _, key, _ in _indexed(shard)}
 
 
 @dataclass(frozen=True)
