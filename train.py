@@ -17,6 +17,7 @@ torn file (model/training/disk_full.py); and one run directory has one writer (r
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -34,6 +35,9 @@ from model.training.checkpoint import (LastCheckpoint, load_checkpoint, load_mod
 from model.training.config import build_parser, model_mismatch, parse_overrides, read_config_file, validate
 from model.training.data import open_loader, prepare_default_data
 from model.training.disk_full import DiskFull, remove_temps, write_text
+from model.evaluation import evaluate_model
+from model.evaluation.report import evaluation_table
+from model.evaluation.settings import eval_settings, scalars_of
 from model.training.evaluate import evaluate
 from model.training.metrics_log import MetricsLog
 from model.training.peak import measure_matmul_peak
@@ -41,6 +45,7 @@ from model.training.progress import EpochProgress, epoch_table, make_console
 from model.training.run_lock import RunLock
 from model.training.runtime import init_distributed, launch_rank, resolve_runtime, shutdown_distributed
 from model.training.signals import StopSignals, resume_command
+from model.training.tensorboard_log import TensorBoardLog
 from model.training.train_step import NonFiniteWatch, TrainingDiverged, beta_at, lr_at, make_loss_fn, train_step
 from model.vae import ConvVAE, VAEConfig, count_parameters
 from pipeline.errors import ConfigError, Interrupted, cli_entry, same_command, signal_name
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         rank, local_rank, world_size = init_distributed()
         last = LastCheckpoint(ckpt_dir / "last.pt", resume["step"] if resume else None)
         try:
-            return _run(cfg, run_dir, resume, last, rank, local_rank, world_size, t_start)
+            with contextlib.ExitStack() as closing:  # what _run opens that must close on every path
+                return _run(cfg, run_dir, resume, last, rank, local_rank, world_size, t_start, closing)
         except (KeyboardInterrupt, DiskFull) as err:
             raise _with_resume_hint(err, last, run_dir) from None
         finally:
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, rank: int, local_rank: int,
-         world_size: int, t_start: float) -> int:
+         world_size: int, t_start: float, closing: contextlib.ExitStack) -> int:
     rt = resolve_runtime(cfg, rank, local_rank, world_size)
     console = make_console(rt.is_main)
     ckpt_dir = run_dir / "checkpoints"
@@ -112,6 +118,9 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     scaler = rt.grad_scaler()
     step, start_epoch, skip_batches, best_val_elbo = 0, 0, 0, None
     log = MetricsLog(run_dir / "metrics.jsonl" if rt.is_main else None)
+    # Optional TensorBoard events; a resumed run hides what the interrupted one wrote after its checkpoint.
+    tb = closing.enter_context(TensorBoardLog(run_dir, enabled=cfg["tensorboard"] and rt.is_main,
+                                              purge_step=resume["step"] + 1 if resume else None))
     if resume is not None:
         load_model_state(raw, resume["model"], ckpt_dir / "last.pt")
         optimizer.load_state_dict(resume["optimizer"])
@@ -197,6 +206,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                         if peak:
                             record["mfu"] = ips * flops_per_image / peak
                         log.log(record)
+                        tb.scalars(step, {**record, "gpu_util": progress.gpu_util}, "train")
                         progress.update(loss=loss, rec=rec, kl=kl, ips=ips, mfu=record.get("mfu"))
                         t_log, images_since_log = now, 0
                     progress.advance()
@@ -216,8 +226,10 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                 break
 
             # ---------------------------------------------------------- validation + checkpoints
-            val = evaluate(raw, val_loader, rt, impl=impl, seed=cfg["seed"]).metrics
+            val = evaluate(raw, tb.keep_first(val_loader), rt, impl=impl, seed=cfg["seed"]).metrics
             log.log({"kind": "val", "step": step, "epoch": epoch + 1, **val})
+            tb.scalars(step, val, "val")
+            tb.pictures(step, raw, seed=cfg["seed"] + 3, autocast=rt.autocast)  # kept val images, fixed z
             is_best = best_val_elbo is None or val["elbo"] > best_val_elbo
             if is_best:
                 best_val_elbo = val["elbo"]
@@ -236,6 +248,13 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     test_loader = open_loader(cfg, rt, shards, "test", with_keys=True)
     test = evaluate(raw, test_loader, rt, impl=impl, seed=cfg["seed"] + 1, worst_k=cfg["n_failures"])
     log.log({"kind": "test", "step": step, "epoch": min(cfg["epochs"], epoch + 1), **test.metrics})
+    tb.scalars(step, test.metrics, "test")
+    # The diagnosing evaluation (model/evaluation): PSNR, SSIM, IWAE bits/dim, active units, blur, regions,
+    # attributes, diversity; light settings from config, all ranks reading, rank 0 writing evaluation.{json,png}.
+    evaluation = evaluate_model(raw, test_loader, rt, shards=shards, split="test", out_dir=run_dir,
+                                settings=eval_settings(cfg, test.metrics["count"]), total=test.metrics["count"],
+                                console=console, source={"step": step, "data": str(shards)})
+    tb.evaluation(step, evaluation or {})
     test_loader.close()
 
     # ------------------------------------------------------------------ artifacts (rank 0 only)
@@ -249,12 +268,15 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
             "images_per_s": train_images / train_seconds if train_seconds else None,
             "train_flops_per_image": flops_per_image,
             "wall_time_s": wall, "runtime": rt.describe(), "loss_impl": impl, "loader": train_loader.backend,
-            "world_size": world_size,
+            "world_size": world_size, "evaluation": scalars_of(evaluation),
         }
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         console.print(epoch_table(None, cfg["epochs"], None, test.metrics, summary["images_per_s"], None, False,
                                   title=f"test ({test.metrics['count']:,} images) after {step} steps, {wall:.0f} s"))
+        console.print(evaluation_table(evaluation))
         console.print(f"[bold green]done:[/] {run_dir}")
+    tb.hparams(cfg, test.metrics)
+    tb.close()  # on the stop and error paths, `closing` closes it
     train_loader.close()
     val_loader.close()
     if rt.distributed:

@@ -13,6 +13,7 @@
                   gpu_util (NVML sampler), peak (measured matmul peak, the MFU denominator),
                   signals (Ctrl-C/SIGTERM: checkpoint the step, agree across ranks), run_lock
                   (one trainer per run directory), disk_full (atomic writes, a full disk as one line)
+                  tensorboard_log (optional TensorBoard events, ``tensorboard: true``)
 
 ``model`` may import ``pipeline`` and ``kernels``; it never imports ``train`` or ``bench``.
 """

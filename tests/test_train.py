@@ -19,7 +19,8 @@ SMALL = ["--channels", "16,32,64,128", "--latent_dim", "32", "--loss_impl", "tor
          "--batch_size", "16", "--eval_batch_size", "64", "--log_interval", "2", "--kl_warmup_steps", "10",
          "--warmup_steps", "3", "--n_samples", "16", "--num_threads", "1"]
 ARTIFACTS = ("config.json", "metrics.jsonl", "training_log.png", "reconstructions.png", "samples.png",
-             "interpolation.png", "failures.png", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt")
+             "interpolation.png", "failures.png", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
+             "evaluation.json", "evaluation.png", "failure_modes.png")
 
 
 def run_train(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -79,6 +80,10 @@ def test_short_run_writes_every_artifact(full_run, shards_dir):
     assert test["mse_per_pixel"] == pytest.approx(test["rec"] / (3 * 64 * 64))
     assert summary["steps"] == 2 * spe and summary["parameters"] > 0 and summary["images_per_s"] > 0
     assert summary["wall_time_s"] > 0
+    ev = json.loads((full_run / "evaluation.json").read_text())  # the light evaluation every run ends with
+    assert ev["count"] == test["count"] and ev["step"] == summary["steps"] and ev["iwae_k"] == 16
+    assert ev["nll_iwae"] <= ev["nll_elbo"] and 0 < ev["ssim"] < 1 and 0 <= ev["active_units"] <= 32
+    assert summary["evaluation"]["psnr_db"] == ev["psnr_db"] and "kl_per_dim" not in summary["evaluation"]
 
     last = torch.load(full_run / "checkpoints/last.pt", weights_only=False)
     best = torch.load(full_run / "checkpoints/best.pt", weights_only=False)

@@ -149,6 +149,10 @@ def test_torchrun_two_processes_vs_one(shards_dir, tmp_path):
     s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
     assert s2["world_size"] == 2 and s1["world_size"] == 1
     assert s2["test"]["count"] == s1["test"]["count"]  # all ranks' test samples counted once
+    ev2, ev1 = (json.loads((d / "evaluation.json").read_text()) for d in (two, one))
+    assert ev2["count"] == ev1["count"] == s1["test"]["count"]  # the evaluation gathers every rank's share
+    assert ev2["iwae_images"] == ev1["iwae_images"] and ev2["diversity_images"] == ev1["diversity_images"]
+    assert ev2["mse_per_pixel"] == pytest.approx(ev1["mse_per_pixel"], rel=0.05)
     for kind in ("val", "test"):
         e2 = next(r for r in r2 if r["kind"] == kind)["elbo"]
         e1 = next(r for r in r1 if r["kind"] == kind)["elbo"]

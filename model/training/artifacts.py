@@ -18,7 +18,7 @@ import torch
 from model.training.disk_full import atomic_write
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,12 +44,12 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     return grid
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
     return atomic_write(path, buffer.getbuffer())
 
 
@@ -63,7 +63,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_training_log(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
     """training_log.png: total loss, reconstruction (SSE/sample) and KL vs step, train and val."""
-    plt = _plt()
+    plt = pyplot()
     records = list(records)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
@@ -82,13 +82,13 @@ def plot_training_log(records: Iterable[dict[str, Any]], path: str | Path) -> Pa
     if train and min(r["rec"] for r in train) > 0:
         axes[1].set_yscale("log")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_pairs(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, *, title: str,
                labels: Sequence[str] | None = None) -> Path:
     """Originals on the top row, their reconstructions below; optional per-column labels."""
-    plt = _plt()
+    plt = pyplot()
     n = originals.shape[0]
     fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.4 if labels else 3.0), squeeze=False)
     for i in range(n):
@@ -102,27 +102,27 @@ def plot_pairs(originals: torch.Tensor, reconstructions: torch.Tensor, path: str
     axes[0][0].set_ylabel("input")
     axes[1][0].set_ylabel("recon.")
     fig.suptitle(title)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_samples(images: torch.Tensor, path: str | Path, *, title: str = "samples: decode(z), z ~ N(0, I)") -> Path:
     """samples.png: a square-ish grid of generated images."""
-    plt = _plt()
+    plt = pyplot()
     nrow = int(np.ceil(np.sqrt(images.shape[0])))
     fig, ax = plt.subplots(figsize=(8, 8 * ((images.shape[0] + nrow - 1) // nrow) / nrow + 0.4))
     ax.imshow(image_grid(images, nrow))
     ax.axis("off")
     ax.set_title(title)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_interpolation(start: torch.Tensor, end: torch.Tensor, walk: torch.Tensor, path: str | Path,
                        *, keys: tuple[str, str] = ("", "")) -> Path:
     """interpolation.png: the two test faces at the ends, decoded latents between them."""
-    plt = _plt()
+    plt = pyplot()
     row = torch.cat([start[None], walk, end[None]])
     fig, ax = plt.subplots(figsize=(1.3 * row.shape[0], 1.9))
     ax.imshow(image_grid(row, row.shape[0]))
     ax.axis("off")
     ax.set_title(f"latent walk {keys[0]} → {keys[1]} (ends: inputs; between: decode((1-t)·μ₀ + t·μ₁))", fontsize=9)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

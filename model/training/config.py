@@ -96,11 +96,17 @@ SCHEMA: dict[str, Key] = {
     "checkpoint_interval": Key("int", "steps between checkpoints (0 = only at epoch ends)", _nonneg, ">= 0"),
     "stop_at_step": Key("int", "end the run early at this global step (schedule still spans all epochs)",
                         _pos, "> 0", nullable=True),
+    "tensorboard": Key("bool", "also write TensorBoard events to RUN/tensorboard/ (needs the tensorboard package)"),
     # artifacts
     "n_reconstructions": Key("int", "test images in reconstructions.png", _pos, "> 0"),
     "n_samples": Key("int", "images in samples.png", _pos, "> 0"),
     "n_interpolation": Key("int", "steps in interpolation.png", lambda v: v >= 2, ">= 2"),
-    "n_failures": Key("int", "worst test reconstructions in failures.png", _pos, "> 0"),
+    "n_failures": Key("int", "worst test reconstructions in failures.png (and per mode in failure_modes.png)",
+                      _pos, "> 0"),
+    # the evaluation every run ends with (python -m model evaluate has the full one)
+    "eval_iwae_k": Key("int", "importance samples per image for the test IWAE bound", _pos, "> 0"),
+    "eval_iwae_images": Key("int", "test images the IWAE bound is estimated on (0 = none)", _nonneg, ">= 0"),
+    "eval_samples": Key("int", "prior samples (and test images) for the diversity ratio (0 = none)", _nonneg, ">= 0"),
 }
 
 _TRUE = {"true", "1", "yes", "on"}

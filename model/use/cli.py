@@ -7,10 +7,11 @@
     python -m model encode --split test          # keys, mu, logvar (+ attributes) of a split, .npz
     python -m model attributes                   # one direction per CelebA attribute, beside the checkpoint
     python -m model edit 000217 --add Smiling=1.5 --add Eyeglasses=1
+    python -m model evaluate --k 64 --fid       # PSNR, SSIM, IWAE bits/dim, active units, failure modes
 
 Every command takes ``--run DIR`` (its ``checkpoints/best.pt``, or ``last.pt`` with ``--last``) or
 ``--checkpoint FILE``; without either, the default run of config.json. The parser lives here; the
-commands live in commands_pictures.py and commands_latents.py.
+commands live in commands_pictures.py, commands_latents.py and commands_evaluate.py.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from model.use import commands_latents, commands_pictures
+from model.use import commands_evaluate, commands_latents, commands_pictures
 from pipeline.errors import ConfigError, cli_entry
 from pipeline.layout import SPLITS
 from pipeline.loader import BACKENDS
@@ -31,6 +32,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "encode": (commands_latents.encode, "keys, mu, logvar (and attributes) of every sample of a split, as .npz"),
     "attributes": (commands_latents.attributes, "one latent direction per CelebA attribute, saved beside the checkpoint"),
     "edit": (commands_latents.edit, "faces moved along attribute directions (--add NAME=AMOUNT or --sweep NAME)"),
+    "evaluate": (commands_evaluate.evaluate, "PSNR, SSIM, IWAE bits/dim, active units, sharpness, regions, "
+                 "attributes, diversity (evaluation.json/.png)"),
 }
 
 
@@ -92,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd: dict[str, argparse.ArgumentParser] = {}
     uses = {"summary": ("ckpt",), "sample": ("ckpt", "out", "each"), "reconstruct": ("ckpt", "out", "each", "data", "faces"),
             "interpolate": ("ckpt", "out", "data", "faces"), "encode": ("ckpt", "out", "data", "encoding"),
-            "attributes": ("ckpt", "out", "data", "encoding"), "edit": ("ckpt", "out", "each", "data", "encoding", "faces")}
+            "attributes": ("ckpt", "out", "data", "encoding"), "edit": ("ckpt", "out", "each", "data", "encoding", "faces"),
+            "evaluate": ("ckpt", "data")}
     for name, (_, help_text) in COMMANDS.items():
         par = _parents()  # fresh per command: parents share their actions, and attributes changes a default
         cmd[name] = sub.add_parser(name, help=help_text, description=help_text, parents=[par[u] for u in uses[name]])
@@ -114,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd[name].add_argument("--min-count", type=int, default=20,
                                help="faces needed with and without an attribute for its direction (%(default)s)")
     cmd["attributes"].set_defaults(split="train")
+    commands_evaluate.add_arguments(cmd["evaluate"])
 
     e = cmd["edit"]
     e.add_argument("faces", nargs="+", metavar="FACE", help="image files or sample keys of --split")

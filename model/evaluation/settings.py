@@ -1,0 +1,70 @@
+"""How much an evaluation looks at: images, importance samples, prior samples, worst examples, FID.
+
+Two presets: ``FULL`` for ``python -m model evaluate`` and ``LIGHT`` for the evaluation every
+training run ends with (sized so that the default run grows by well under 10 %; see README).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    images: int = 0  # images of the split to evaluate (0: all of them)
+    iwae_k: int = 64  # importance samples per image for the IWAE bound
+    iwae_images: int = 512  # images the IWAE bound is estimated on (the first ones of the split)
+    samples: int = 512  # prior samples, and as many test images, for diversity (and FID)
+    worst: int = 8  # examples shown per failure mode
+    batch_size: int = 256
+    fid: bool = False  # FID through pytorch-fid (needs the package and its Inception weights)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self, split_count: int, *, explicit: frozenset[str] = frozenset()) -> "EvalSettings":
+        """Checked against a split of ``split_count`` images: counts the user asked for (``explicit``)
+        that the split cannot give are a ConfigError; the others are cut down to what it holds."""
+        for name in ("iwae_k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evaluation: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("images", "iwae_images", "samples", "worst"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"evaluation: {name} must be >= 0, got {getattr(self, name)}")
+        n = self.images or split_count
+        if self.images > split_count and "images" in explicit:
+            raise ConfigError(f"evaluation: {self.images:,} images asked, but the split holds {split_count:,}")
+        n = min(n, split_count)
+        if n < 2:
+            raise ConfigError(f"evaluation needs at least 2 images; the split holds {split_count}")
+        fixes = {"images": 0 if n == split_count else n}
+        for name in ("iwae_images", "samples"):
+            asked = getattr(self, name)
+            if asked > n:
+                if name in explicit:
+                    raise ConfigError(f"evaluation: {name.replace('_', '-')} {asked:,} is more than the {n:,} images "
+                                      "evaluated; ask for fewer (or more --images)")
+                fixes[name] = n
+        if fixes.get("samples", self.samples) == 1:
+            fixes["samples"] = 0  # a pairwise distance needs two
+        return replace(self, **fixes)
+
+
+FULL = EvalSettings()
+LIGHT = EvalSettings(iwae_k=16, iwae_images=128, samples=256, worst=6)
+
+
+def eval_settings(cfg: dict, split_count: int) -> EvalSettings:
+    """The LIGHT evaluation a training run ends with, sized by the config's ``eval_*`` keys."""
+    return replace(LIGHT, iwae_k=cfg["eval_iwae_k"], iwae_images=cfg["eval_iwae_images"], samples=cfg["eval_samples"],
+                   worst=cfg["n_failures"], batch_size=cfg["eval_batch_size"], seed=cfg["seed"]).check(split_count)
+
+
+def scalars_of(ev: dict | None) -> dict:
+    """The evaluation's single numbers (for summary.json): no per-dimension or per-attribute lists."""
+    if ev is None:
+        return {}
+    return {k: v for k, v in ev.items() if isinstance(v, (int, float, str)) or v is None} | {
+        "regions": {k: v for k, v in ev["regions"].items() if not isinstance(v, dict)}}

@@ -1,0 +1,181 @@
+"""model.evaluation and ``python -m model evaluate``: the pass, the numbers, the files, bad input.
+
+A narrow untrained network keeps this fast; what is checked does not need a trained one: the
+numbers the evaluation reports equal the metric functions applied to the same images outside the
+evaluation, a network built to ignore half its latents shows them inactive, and every count the
+user asks for is honoured or refused in one line.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.evaluation import FULL, EvalSettings, evaluate_model
+from model.metrics import mse_per_image, psnr, ssim
+from model.training.runtime import Runtime
+from model.use.cli import main as model_main
+from model.vae import ConvVAE, VAEConfig
+from pipeline.errors import ConfigError
+from pipeline.loader import make_loader
+from pipeline.shards import read_attributes, read_split
+
+CFG = VAEConfig(channels=(8, 16, 32, 64), latent_dim=8)
+RT = Runtime(torch.device("cpu"), 0, 0, 1, amp="off", channels_last=False, compile=False, sync_batchnorm=False)
+SMALL = replace(FULL, iwae_k=8, iwae_images=12, samples=16, worst=3, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def model() -> ConvVAE:
+    torch.manual_seed(0)
+    net = ConvVAE(CFG).eval()
+    with torch.no_grad():  # BatchNorm statistics of a few batches, so outputs differ between images
+        net.train()
+        for _ in range(3):
+            net(torch.rand(16, 3, 64, 64))
+    return net.eval()
+
+
+def evaluate(model, shards: Path, out: Path, settings: EvalSettings = SMALL, split: str = "test"):
+    total = read_split(shards, split).count
+    loader = make_loader(shards, split, settings.batch_size, device="cpu", backend="webdataset", shuffle=False,
+                         drop_last=False, with_keys=True, num_threads=1)
+    try:
+        return evaluate_model(model, loader, RT, shards=shards, split=split, settings=settings.check(total),
+                              out_dir=out, total=total)
+    finally:
+        loader.close()
+
+
+def test_numbers_are_the_metrics_of_the_same_images(model, shards_dir, tmp_path):
+    ev = evaluate(model, shards_dir, tmp_path)
+    loader = make_loader(shards_dir, "test", 64, device="cpu", backend="webdataset", shuffle=False, with_keys=True,
+                         num_threads=1)
+    x = torch.cat([b for b, _ in loader])
+    loader.close()
+    recon = model.reconstruct(x)
+    assert ev["count"] == len(x) == read_split(shards_dir, "test").count
+    assert ev["mse_per_pixel"] == pytest.approx(float(mse_per_image(recon, x).mean()), rel=1e-5)
+    assert ev["psnr_db"] == pytest.approx(float(psnr(recon, x).mean()), rel=1e-5)
+    assert ev["ssim"] == pytest.approx(float(ssim(recon, x).mean()), rel=1e-4, abs=1e-5)
+    # the IWAE bound from the same samples is never worse than their ELBO, and bits/dim follow from it
+    assert ev["nll_iwae"] <= ev["nll_elbo"]
+    d = 3 * 64 * 64
+    assert ev["bits_per_dim"] == pytest.approx((ev["nll_iwae"] + d * math.log(256)) / (d * math.log(2)))
+    assert ev["iwae_images"] == 12 and ev["iwae_k"] == 8 and ev["nll_iwae_by_k"]["8"] == pytest.approx(ev["nll_iwae"])
+    assert ev["elbo"] == pytest.approx(-(ev["rec"] + ev["kl"]))
+    assert len(ev["kl_per_dim"]) == CFG.latent_dim and ev["diversity_images"] == 16
+    assert [r["kl"] for r in ev["kl_per_dim"]] == sorted((r["kl"] for r in ev["kl_per_dim"]), reverse=True)
+    # attributes: one row per name in the manifest, counts adding up to the images evaluated
+    names = read_attributes(shards_dir, "test").names
+    assert sorted(r["attribute"] for r in ev["attributes"]) == sorted(names)
+    assert all(r["count_with"] + r["count_without"] == ev["count"] for r in ev["attributes"])
+    # the files, and a JSON that a strict reader accepts (no NaN)
+    for name in ("evaluation.json", "evaluation.png", "failure_modes.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    on_disk = json.loads((tmp_path / "evaluation.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert on_disk["count"] == ev["count"] and on_disk["settings"]["iwae_k"] == 8
+
+
+def test_latents_the_encoder_ignores_are_inactive(model, shards_dir, tmp_path):
+    half = CFG.latent_dim // 2
+    blind = ConvVAE(CFG)
+    blind.load_state_dict(model.state_dict())
+    with torch.no_grad():  # mu = 0 and logvar = 0 for the first half, whatever the image: the prior itself
+        for head in (blind.fc_mu, blind.fc_logvar):
+            head.weight[:half] = 0
+            head.bias[:half] = 0
+        blind.fc_mu.weight[half:] *= 200  # the other half clearly moves with the image
+    ev = evaluate(blind.eval(), shards_dir, tmp_path, replace(SMALL, iwae_images=0, samples=0))
+    dims = {r["dim"]: r for r in ev["kl_per_dim"]}
+    assert ev["active_units"] == half
+    assert all(not dims[d]["active"] and dims[d]["kl"] == pytest.approx(0, abs=1e-9) for d in range(half))
+    assert all(dims[d]["active"] for d in range(half, CFG.latent_dim))
+    assert ev["nll_iwae"] is None and ev["diversity_ratio"] is None
+
+
+def test_image_limit_and_shards_without_attributes(model, shards_dir, tmp_path, tmp_path_factory):
+    ev = evaluate(model, shards_dir, tmp_path, replace(SMALL, images=10, iwae_images=4, samples=6))
+    assert ev["count"] == 10 and ev["iwae_images"] == 4 and ev["diversity_images"] == 6
+
+    from pipeline.preshard import preshard
+    from pipeline.synthetic import write_synthetic_celeba
+
+    tree = write_synthetic_celeba(tmp_path_factory.mktemp("bare"), n=30, seed=5, workers=1)
+    (tree / "list_attr_celeba.txt").unlink()
+    bare = tmp_path_factory.mktemp("bare_shards")
+    preshard(tree, bare, progress=False, workers=1)
+    ev = evaluate(model, bare, tmp_path / "bare", replace(SMALL, iwae_images=2, samples=2))
+    assert ev["attributes"] is None and "no attributes" in ev["attributes_note"]
+    assert (tmp_path / "bare" / "evaluation.png").is_file()
+
+
+@pytest.mark.parametrize("asked, explicit, expect", [
+    ({"images": 500}, {"images"}, "500 images asked, but the split holds 40"),
+    ({"iwae_images": 50}, {"iwae_images"}, "iwae-images 50 is more than the 40 images"),
+    ({"images": 10, "samples": 11}, {"images", "samples"}, "samples 11 is more than the 10 images"),
+    ({"iwae_k": 0}, set(), "iwae_k must be >= 1"),
+    ({"samples": -1}, set(), "samples must be >= 0"),
+])
+def test_settings_refuse_what_the_split_cannot_give(asked, explicit, expect):
+    with pytest.raises(ConfigError, match=expect):
+        replace(FULL, **asked).check(40, explicit=frozenset(explicit))
+
+
+def test_settings_left_at_default_are_cut_to_the_split():
+    s = FULL.check(40)
+    assert (s.images, s.iwae_images, s.samples) == (0, 40, 40)
+    assert replace(FULL, images=10).check(40).iwae_images == 10
+    with pytest.raises(ConfigError, match="at least 2 images"):
+        FULL.check(1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, shards_dir, tmp_path_factory) -> Path:
+    from model.training.checkpoint import make_checkpoint
+
+    opt = torch.optim.AdamW(model.parameters())
+    cfg = {**CFG.to_dict(), "data": str(shards_dir), "seed": 0}
+    path = tmp_path_factory.mktemp("eval_ckpt") / "run" / "checkpoints" / "best.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(make_checkpoint(model=model, optimizer=opt, scaler=None, step=7, epoch=1, batch_in_epoch=0,
+                               best_val_elbo=None, config=cfg), path)
+    return path
+
+
+def test_cli_writes_the_evaluation_and_prints_the_table(checkpoint, tmp_path, capsys):
+    rc = model_main(["evaluate", "--checkpoint", str(checkpoint), "--k", "4", "--iwae-images", "6", "--samples", "8",
+                     "--worst", "2", "--backend", "webdataset"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    folder = checkpoint.parent.parent / "evaluation"  # RUN/evaluation by default
+    ev = json.loads((folder / "evaluation.json").read_text())
+    assert ev["step"] == 7 and ev["checkpoint"] == str(checkpoint) and ev["iwae_k"] == 4
+    assert ev["fid"] is None and "--fid" in ev["fid_note"]
+    assert "bits / dim" in out and "active units" in out and (folder / "failure_modes.png").is_file()
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--images", "100000"], "100,000 images asked, but the split holds"),
+    (["--k", "0"], "iwae_k must be >= 1"),
+    (["--split", "nope"], "invalid choice: 'nope'"),
+])
+def test_cli_bad_input_is_one_line(checkpoint, tmp_path, capsys, args, expect):
+    rc = model_main(["evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path), *args])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and expect in err and "Traceback" not in err
+    assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_cli_refuses_a_checkpoint_of_another_model(checkpoint, tmp_path, capsys):
+    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt["config"]["latent_dim"] = 16  # the weights say 8
+    other = tmp_path / "other.pt"
+    torch.save(ckpt, other)
+    rc = model_main(["evaluate", "--checkpoint", str(other), "--out", str(tmp_path)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "different model" in err
