@@ -62,3 +62,13 @@ def outputs_and_grads(fn: Callable[..., object], args: Sequence[object], wrt: Se
     out = fn(*args)
     outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
     return (*outs, *torch.autograd.grad(outs, [args[i] for i in wrt], upstream))
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op torch thread for the test: tests of many tiny ops (gradcheck, sampling loops) wait
+    on the other thread at every op when the 2-core machine is busy (a 1 s gradcheck took 75 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -53,7 +53,7 @@ def attribute_errors(errors: torch.Tensor, attributes: torch.Tensor, names: list
             row["mse_with"] = float(errors[on].mean())
         if n_off:
             row["mse_without"] = float(errors[~on].mean())
-        if n_on >= min_count and n_off >= min_count and row["mse_without"] > 0:
+        if n_on >= max(min_count, 1) and n_off >= max(min_count, 1) and row["mse_without"] > 0:
             row["ratio"] = row["mse_with"] / row["mse_without"]
         rows.append(row)
     return sorted(rows, key=lambda r: (r["ratio"] is None, -(r["ratio"] or 0.0)))
