@@ -28,6 +28,7 @@ import torch
 
 from kernels import resolve_impl
 from model.flops import vae_flops_per_image
+from model.losses.objective import Objective
 from model.training.artifacts import plot_interpolation, plot_pairs, plot_samples, plot_training_log
 from model.training.build import build_model
 from model.training.checkpoint import (LastCheckpoint, load_checkpoint, load_model_state, make_checkpoint, save_atomic,
@@ -44,9 +45,10 @@ from model.training.peak import measure_matmul_peak
 from model.training.progress import EpochProgress, epoch_table, make_console
 from model.training.run_lock import RunLock
 from model.training.runtime import init_distributed, launch_rank, resolve_runtime, shutdown_distributed
+from model.training.schedules import beta_at, lr_at
 from model.training.signals import StopSignals, resume_command
 from model.training.tensorboard_log import TensorBoardLog
-from model.training.train_step import NonFiniteWatch, TrainingDiverged, beta_at, lr_at, make_loss_fn, train_step
+from model.training.train_step import NonFiniteWatch, TrainingDiverged, train_step
 from model.vae import ConvVAE, VAEConfig, count_parameters
 from pipeline.errors import ConfigError, Interrupted, cli_entry, same_command, signal_name
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(prog="train.py", description="Train the Conv-VAE (see config.json for every key).")
     parser.add_argument("--out", metavar="DIR", help="run directory (default: OUT_DIR/NAME from config)")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoints/last.pt")
+    parser.add_argument("--download-perceptual-weights", action="store_true",
+                        help="let torch.hub download the VGG weights of perceptual_weight > 0 when they are not found")
     args, overrides = parse_overrides(parser, argv)
     base = read_config_file(args.config)
     run_dir = Path(args.out) if args.out else Path(overrides.get("out_dir", base["out_dir"])) / overrides.get("name", base["name"])
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         last = LastCheckpoint(ckpt_dir / "last.pt", resume["step"] if resume else None)
         try:
             with contextlib.ExitStack() as closing:  # what _run opens that must close on every path
-                return _run(cfg, run_dir, resume, last, rank, local_rank, world_size, t_start, closing)
+                return _run(cfg, run_dir, resume, last, rank, local_rank, world_size, t_start, closing,
+                            download=args.download_perceptual_weights)
         except (KeyboardInterrupt, DiskFull) as err:
             raise _with_resume_hint(err, last, run_dir) from None
         finally:
@@ -88,11 +93,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, rank: int, local_rank: int,
-         world_size: int, t_start: float, closing: contextlib.ExitStack) -> int:
+         world_size: int, t_start: float, closing: contextlib.ExitStack, *, download: bool = False) -> int:
     rt = resolve_runtime(cfg, rank, local_rank, world_size)
     console = make_console(rt.is_main)
     ckpt_dir = run_dir / "checkpoints"
     impl = resolve_impl(cfg["loss_impl"], rt.device)
+    # SSE + β·KL through the fused kernels, plus what config adds (σ-VAE, free bits, perceptual, SSIM);
+    # built first, so a missing VGG weights file ends the run before any data work.
+    loss_fn = Objective(cfg, impl=impl, compile_eager=rt.compile, download_weights=download,
+                        autocast=rt.autocast).to(rt.device)
     torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
 
     # ------------------------------------------------------------------ data
@@ -110,10 +119,10 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     n_params = count_parameters(raw)
     # Counting FLOPs imports torch._dynamo (~1.5 s): only worth it where the MFU line is shown.
     flops_per_image = vae_flops_per_image(raw.cfg) if rt.device.type == "cuda" else None
-    loss_fn = make_loss_fn(impl, compile_eager=rt.compile)
 
     # ------------------------------------------------------------------ optimizer
-    optimizer = torch.optim.AdamW(raw.parameters(), lr=cfg["lr"], betas=tuple(cfg["adam_betas"]),
+    groups = [{"params": list(raw.parameters())}] + [{"params": loss_fn.trainable(), "weight_decay": 0.0}] * bool(loss_fn.trainable())
+    optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["adam_betas"]),
                                   weight_decay=cfg["weight_decay"], foreach=True)
     scaler = rt.grad_scaler()
     step, start_epoch, skip_batches, best_val_elbo = 0, 0, 0, None
@@ -123,6 +132,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                                               purge_step=resume["step"] + 1 if resume else None))
     if resume is not None:
         load_model_state(raw, resume["model"], ckpt_dir / "last.pt")
+        loss_fn.load_state(resume.get("objective"))
         optimizer.load_state_dict(resume["optimizer"])
         if resume["scaler"] is not None:
             scaler.load_state_dict(resume["scaler"])
@@ -143,7 +153,8 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     def save(name: str, epoch: int, batch_in_epoch: int) -> None:
         if rt.is_main:
             state = make_checkpoint(model=raw, optimizer=optimizer, scaler=scaler, step=step, epoch=epoch,
-                                    batch_in_epoch=batch_in_epoch, best_val_elbo=best_val_elbo, config=cfg)
+                                    batch_in_epoch=batch_in_epoch, best_val_elbo=best_val_elbo, config=cfg,
+                                    extra={"objective": loss_fn.state()})
             save_atomic(state, ckpt_dir / name)
         if name == "last.pt":
             last.step = step
@@ -160,12 +171,13 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
         console.print(f"[bold]model:[/] {n_params:,} parameters  |  {steps_per_epoch} steps/epoch × {cfg['epochs']} epochs, "
                       f"global batch {cfg['batch_size'] * world_size}"
                       + (f"  |  resuming at step {step} (epoch {start_epoch + 1}, batch {skip_batches})" if resume else ""))
+        console.print(f"[bold]loss:[/] {loss_fn.describe()}, β schedule {cfg['kl_schedule']}")
     peak = _device_peak_flops(rt)
 
     # ------------------------------------------------------------------ training loop
     train_images, train_seconds, stopped_early = 0, 0.0, False
     images_per_step = cfg["batch_size"] * world_size
-    params = list(raw.parameters())
+    params = list(raw.parameters()) + loss_fn.trainable()
     epoch = start_epoch - 1  # a resumed, already finished run goes straight to the test
     with stop:  # inside, SIGINT/SIGTERM stop the loop after the current step, with a checkpoint
         for epoch in range(start_epoch, cfg["epochs"]):
@@ -182,7 +194,9 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                                schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"])
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    beta = beta_at(step, beta=cfg["beta"], warmup_steps=cfg["kl_warmup_steps"])
+                    beta = beta_at(step, beta=cfg["beta"], schedule=cfg["kl_schedule"],
+                                   warmup_steps=cfg["kl_warmup_steps"], total_steps=total_steps,
+                                   cycles=cfg["kl_cycles"], ratio=cfg["kl_ratio"])
                     beta_t.fill_(beta)
                     parts = train_step(model, optimizer, scaler, x, beta_t, loss_fn=loss_fn, autocast=rt.autocast(),
                                        grad_clip=cfg["grad_clip"], params=params)
@@ -193,16 +207,16 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                     last_batch = i + 1 == steps_per_epoch
                     if step % cfg["log_interval"] == 0 or last_batch:
                         check_finite(epoch)
-                        logged = torch.stack([parts.loss, parts.rec, parts.kl]).float()
+                        logged = torch.stack([parts.loss, parts.rec, parts.kl, *parts.extra.values()]).float()
                         if rt.distributed:  # the global batch's means, comparable to one process
                             torch.distributed.all_reduce(logged)
                             logged /= world_size
-                        loss, rec, kl = logged.tolist()  # the one sync per log interval
+                        loss, rec, kl, *extra = logged.tolist()  # the one sync per log interval
                         now = time.perf_counter()
                         ips = images_since_log / (now - t_log)
                         record = {"kind": "train", "step": step, "epoch": epoch + 1, "loss": loss, "rec": rec,
                                   "kl": kl, "mse_per_pixel": rec / x[0].numel(), "beta": beta, "lr": lr,
-                                  "images_per_s": ips}
+                                  "images_per_s": ips, **dict(zip(parts.extra, extra))}
                         if peak:
                             record["mfu"] = ips * flops_per_image / peak
                         log.log(record)
@@ -261,7 +275,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     wall = time.perf_counter() - t_start
     if rt.is_main:
         _write_pictures(raw, cfg, rt, shards, run_dir, test.failures)
-        plot_training_log(log.records, run_dir / "training_log.png")
+        plot_training_log(log.records, run_dir / "training_log.png", schedule=cfg["kl_schedule"])
         summary = {
             "test": test.metrics, "best_val_elbo": best_val_elbo, "steps": step, "epochs_done": round(step / steps_per_epoch, 3),
             "stopped_early": stopped_early, "parameters": n_params,

@@ -1,4 +1,4 @@
-"""The network, its config, schedules and checkpoints: fast unit tests (no data, no subprocess)."""
+"""The network, its config and checkpoints: fast unit tests (no data, no subprocess; schedules: test_schedules.py)."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +10,6 @@ import torch
 
 from model.training.checkpoint import load_checkpoint, load_model_state, make_checkpoint, rng_state, save_atomic, set_rng_state
 from model.training.config import DEFAULT_CONFIG, SCHEMA, read_config_file, validate
-from model.training.train_step import beta_at, lr_at
 from model.vae import ConvVAE, VAEConfig, count_parameters
 from pipeline.errors import ConfigError
 
@@ -117,23 +116,6 @@ def test_command_line_strings_are_coerced():
                     "adam_betas": "0.5,0.9"})
     assert cfg["beta"] == 2.0 and cfg["channels"] == [8, 16, 32, 64] and cfg["compile"] is False
     assert cfg["stop_at_step"] is None and cfg["adam_betas"] == [0.5, 0.9]
-
-
-# ---------------------------------------------------------------- schedules
-def test_kl_annealing_ramps_linearly_then_holds():
-    assert beta_at(0, beta=2.0, warmup_steps=100) == 0.0
-    assert beta_at(50, beta=2.0, warmup_steps=100) == pytest.approx(1.0)
-    assert beta_at(100, beta=2.0, warmup_steps=100) == beta_at(10_000, beta=2.0, warmup_steps=100) == 2.0
-    assert beta_at(0, beta=2.0, warmup_steps=0) == 2.0
-
-
-def test_lr_warmup_then_cosine_to_floor():
-    kw = dict(lr=1e-3, warmup_steps=10, total_steps=110, schedule="cosine", min_lr_ratio=0.1)
-    assert lr_at(0, **kw) == pytest.approx(1e-4)
-    assert lr_at(9, **kw) == pytest.approx(1e-3)
-    assert lr_at(60, **kw) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
-    assert lr_at(110, **kw) == pytest.approx(1e-4)
-    assert lr_at(60, **{**kw, "schedule": "constant"}) == 1e-3
 
 
 # ---------------------------------------------------------------- checkpoints

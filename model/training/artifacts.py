@@ -61,13 +61,16 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_training_log(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """training_log.png: total loss, reconstruction (SSE/sample) and KL vs step, train and val."""
+def plot_training_log(records: Iterable[dict[str, Any]], path: str | Path, *, schedule: str | None = None) -> Path:
+    """training_log.png, a 2×2 grid: total loss, reconstruction (SSE/sample) and KL vs step, train and
+    val; and the KL weight β of the train records vs step, titled with the KL schedule (``schedule``,
+    else a record's ``kl_schedule``, when either names it)."""
     plt = pyplot()
     records = list(records)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, grid = plt.subplots(2, 2, figsize=(12, 8))
+    axes = grid.ravel()
     panels = (("loss", "total loss (SSE + β·KL)"), ("rec", "reconstruction SSE / image"), ("kl", "KL / image"))
     for ax, (key, title) in zip(axes, panels):
         if train:
@@ -81,6 +84,17 @@ def plot_training_log(records: Iterable[dict[str, Any]], path: str | Path) -> Pa
         ax.legend()
     if train and min(r["rec"] for r in train) > 0:
         axes[1].set_yscale("log")
+    schedule = schedule or next((r["kl_schedule"] for r in records if r.get("kl_schedule")), None)
+    betas = [(r["step"], r["beta"]) for r in train if r.get("beta") is not None]
+    ax = axes[3]
+    if betas:
+        ax.plot(*zip(*betas), lw=1.2, color="tab:purple", label="train (logged steps)")
+        ax.legend()
+        ax.set_ylim(bottom=0)
+    ax.set_title("β schedule" + (f" ({schedule})" if schedule else ""))
+    ax.set_xlabel("step")
+    ax.set_ylabel("β (KL weight)")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, Path(path))
 

@@ -27,7 +27,7 @@ _AUTO = "auto"
 class Key:
     """One config key: its value kind, an optional check (message when violated) and help text."""
 
-    kind: str  # int | float | bool | str | ints | floats | auto_bool
+    kind: str  # int | float | bool | str | ints | floats | strs | auto_bool
     help: str
     check: Callable[[Any], bool] | None = None
     must: str = ""
@@ -64,6 +64,25 @@ SCHEMA: dict[str, Key] = {
     "beta": Key("float", "weight of the KL term (after warm-up)", _nonneg, ">= 0"),
     "kl_warmup_steps": Key("int", "steps over which beta ramps linearly from 0 (0 = no annealing)", _nonneg, ">= 0"),
     "loss_impl": Key("str", "loss kernels: auto | triton (fused) | torch (eager reference)", choices=IMPLS),
+    "kl_schedule": Key("str", "β over training: linear (warm-up over kl_warmup_steps) | cyclical (Fu et al. 2019: "
+                              "kl_cycles ramps, each rising over kl_ratio of its cycle) | constant",
+                       choices=("linear", "cyclical", "constant")),
+    "kl_cycles": Key("int", "cyclical schedule: number of cycles over the run", _pos, "> 0"),
+    "kl_ratio": Key("float", "cyclical schedule: share of each cycle over which β rises", lambda v: 0 < v <= 1,
+                    "in (0, 1]"),
+    "free_bits": Key("float", "per-dimension KL floor λ in nats (Kingma et al. 2016; 0 = off)", _nonneg, ">= 0"),
+    "recon": Key("str", "reconstruction term: sse (the seed's) | gaussian_learned_sigma (σ-VAE, one learned σ) | "
+                        "gaussian_optimal_sigma (σ² = the batch's MSE)",
+                 choices=("sse", "gaussian_learned_sigma", "gaussian_optimal_sigma")),
+    "perceptual_weight": Key("float", "weight of the VGG feature-matching loss (0 = off)", _nonneg, ">= 0"),
+    "perceptual_network": Key("str", "network of the perceptual loss", choices=("vgg16", "vgg19")),
+    "perceptual_layers": Key("strs", "VGG layers whose features are matched, e.g. relu1_2,relu2_2,relu3_3",
+                             lambda v: len(v) > 0, "a non-empty list of layer names"),
+    "perceptual_weights": Key("str", "torchvision's VGG weights file (null: look in torch.hub's cache; \"random\": an "
+                                     "untrained VGG, for benchmarks only)", nullable=True),
+    "ssim_weight": Key("float", "weight of the (MS-)SSIM loss, 1 − SSIM per image (0 = off)", _nonneg, ">= 0"),
+    "ssim_scales": Key("int", "1 = SSIM, up to 5 = MS-SSIM (Wang et al. 2003 weights)", lambda v: 1 <= v <= 5,
+                       "in 1..5"),
     # optimisation
     "epochs": Key("int", "passes over the training split", _pos, "> 0"),
     "batch_size": Key("int", "training batch per process (global batch = this × world size)", _pos, "> 0"),
@@ -146,6 +165,11 @@ def _coerce(key: str, value: Any) -> Any:
             if not isinstance(value, str):
                 raise bad
             return value
+        if kind == "strs":
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in items):
+                raise bad
+            return [v.strip() for v in items]
         if kind in ("ints", "floats"):
             items = value.split(",") if isinstance(value, str) else value
             if not isinstance(items, (list, tuple)):
@@ -180,6 +204,10 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             if spec.check and not spec.check(value):
                 raise ConfigError(f"config key {key!r} must be {spec.must}, got {value!r}")
         out[key] = value
+    if out["perceptual_weight"]:
+        from model.losses.perceptual import check_layers
+
+        check_layers(out["perceptual_network"], out["perceptual_layers"])
     from model.vae import VAEConfig
 
     try:
@@ -190,17 +218,34 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_config_file(path: str | Path | None = None) -> dict[str, Any]:
-    """The raw dict from a config JSON file (default: the project's config.json)."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object")
-    return doc
+    """The raw config dict: the project's config.json, with the keys of ``path`` layered over it.
+
+    ``path`` may hold any subset of the keys (e.g. ``configs/celeba128.json`` holds only what differs
+    from the defaults); the keys it lacks keep config.json's values. A key the schema does not know is
+    refused here, naming the file and the closest key. No ``path`` (or config.json itself): the defaults.
+    """
+
+    def read(file: Path) -> dict[str, Any]:
+        try:
+            doc = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {file} is a directory") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config file {file} is not valid JSON: {err}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config file {file} must hold a JSON object")
+        return doc
+
+    defaults = read(DEFAULT_CONFIG)
+    if not path or Path(path).resolve() == DEFAULT_CONFIG:
+        return defaults
+    layer = read(Path(path))
+    for key in layer:
+        if key not in SCHEMA:
+            raise ConfigError(f"config file {path}: {_unknown(key)}")
+    return {**defaults, **layer}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -216,7 +261,8 @@ def build_parser(prog: str | None = None, description: str | None = None,
     p = parser or _Parser(prog=prog, description=description)
     if not isinstance(p, _Parser):
         p.error = _Parser.error.__get__(p)  # type: ignore[method-assign]
-    p.add_argument("--config", metavar="FILE", help="config JSON with every key (default: the project's config.json)")
+    p.add_argument("--config", metavar="FILE",
+                   help="config JSON layered over the project's config.json (keys it lacks keep their defaults)")
     run = p.add_argument_group("config keys (override config.json; lists as 32,64,128,256; null for none)")
     for key, spec in SCHEMA.items():
         flags = [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in key else [])

@@ -1,4 +1,4 @@
-"""One optimisation step and the schedules around it (learning rate, KL annealing).
+"""One optimisation step (the learning-rate and KL schedules live in :mod:`model.training.schedules`).
 
 Kept apart from train.py so that tests and the DDP check run the very step the trainer runs.
 Nothing here synchronises the device: the loss stays a tensor until the caller logs it, and a
@@ -7,7 +7,6 @@ intervals and before every checkpoint.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
@@ -20,27 +19,11 @@ class TrainingDiverged(UserError):
     """The loss became NaN or inf; the run stops and the last good checkpoint is kept."""
 
 
-def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
-    """Linear warm-up to ``lr``, then constant or cosine decay to ``lr·min_lr_ratio`` at ``total_steps``."""
-    if warmup_steps and step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return lr
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def beta_at(step: int, *, beta: float, warmup_steps: int) -> float:
-    """KL annealing: β ramps linearly from 0 at step 0 to ``beta`` at ``warmup_steps``."""
-    if warmup_steps <= 0:
-        return beta
-    return beta * min(1.0, step / warmup_steps)
-
-
-def make_loss_fn(impl: str, compile_eager: bool) -> Callable[..., Any]:
-    """``vae_loss`` bound to the resolved implementation; the eager reference is compiled when asked
-    (the Triton path is already one fused kernel)."""
+def make_loss_fn(impl: str, compile_eager: bool, *, unpacked: bool = False) -> Callable[..., Any]:
+    """The seed's loss, ``vae_loss`` bound to the resolved implementation, called as ``fn(out, x, beta)``
+    with the model's output (``unpacked``: as ``fn(logits, x, kl, beta)``). The eager reference is
+    compiled when asked (the Triton path is already one fused kernel). ``model.losses.Objective``
+    builds on it when config adds terms to the loss."""
     from functools import partial
 
     from kernels import vae_loss
@@ -48,7 +31,9 @@ def make_loss_fn(impl: str, compile_eager: bool) -> Callable[..., Any]:
     fn = partial(vae_loss, logits=True, impl=impl)
     if impl == "torch" and compile_eager:
         fn = torch.compile(fn, dynamic=False)
-    return fn
+    if unpacked:
+        return fn
+    return lambda out, x, beta: fn(out.logits, x, out.kl, beta)
 
 
 class NonFiniteWatch:
@@ -80,7 +65,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     """Forward under autocast, loss in fp32, backward, clip, optimizer step. Returns LossParts (tensors)."""
     with autocast:
         out = model(x)
-    parts = loss_fn(out.logits, x, out.kl, beta)
+    parts = loss_fn(out, x, beta)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(parts.loss).backward()
     if grad_clip > 0:
