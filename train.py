@@ -1,4 +1,4 @@
-"""Train the Conv-VAE on CelebA 64×64 shards, end to end.
+"""Train the Conv-VAE on CelebA shards (64×64 by default, 128×128 with configs/celeba128.json), end to end.
 
     python train.py                          # default run: synthetic faces, a few minutes on 2 CPU cores
     python train.py --data shards/ --epochs 10 --beta 2 --out runs/b2

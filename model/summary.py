@@ -25,7 +25,7 @@ class LayerRow:
 
 
 def layer_rows(model: ConvVAE) -> list[LayerRow]:
-    """One row per leaf module, in execution order, with its output shape for one 64×64 image."""
+    """One row per leaf module, in execution order, with its output shape for one image of the configured size."""
     rows: list[LayerRow] = []
     hooks = []
     names = {m: n for n, m in model.named_modules()}

@@ -1,4 +1,4 @@
-"""The seed's convolutional VAE for 64×64 faces, with widths, latent size, kernel size and
+"""The seed's convolutional VAE for faces (64×64 by default), with widths, latent size, kernel size and
 residual blocks taken from config.
 
 Encoder: ``len(channels)`` stride-2 convolutions (64→32→16→8→4 by default), each followed by
