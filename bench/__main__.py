@@ -36,14 +36,16 @@ def default_shards(out_dir: Path, quick: bool, n: int | None = None) -> Path:
 
 
 def _part_runners(shards: Path, out_dir: Path, quick: bool, device: str | None, batch_size: int | None,
-                  loader_max_images: int | None, train_step_budget: float | None) -> dict[str, Callable[[], dict]]:
+                  loader_max_images: int | None, train_step_budget: float | None,
+                  train_step_batch_sizes: list[int] | None = None) -> dict[str, Callable[[], dict]]:
     def call(module: str, *args, **kwargs) -> Callable[[], dict]:
         return lambda: importlib.import_module(f"bench.{module}").run(*args, **kwargs)
 
     return {
         "loader": call("loader", shards, quick=quick, device=device, max_images=loader_max_images),
         "loss": call("loss", quick=quick),
-        "train_step": call("train_step", quick=quick, device=device, budget_s=train_step_budget),
+        "train_step": call("train_step", quick=quick, device=device, budget_s=train_step_budget,
+                           batch_sizes=train_step_batch_sizes),
         "input": call("input_efficiency", shards, quick=quick, device=device, batch_size=batch_size),
         "profile": call("profile", shards, quick=quick, out_dir=out_dir, device=device, batch_size=batch_size),
     }
@@ -81,7 +83,7 @@ def summarize(docs: dict[str, dict[str, Any]], on_gpu: bool) -> list[dict[str, A
 def run(shards: str | Path | None = None, quick: bool = False, json_path: str | None = None,
         out_dir: str | Path = "bench_out", only: list[str] | None = None, device: str | None = None,
         batch_size: int | None = None, synthetic_images: int | None = None, loader_max_images: int | None = None,
-        train_step_budget: float | None = None) -> dict[str, Any]:
+        train_step_budget: float | None = None, train_step_batch_sizes: list[int] | None = None) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if shards is None:
@@ -89,7 +91,8 @@ def run(shards: str | Path | None = None, quick: bool = False, json_path: str | 
     shards = Path(shards)
     if not (shards / "manifest.json").exists():
         raise DataError(f"{shards} holds no manifest.json: point --shards at preshard's output folder")
-    runners = _part_runners(shards, out_dir, quick, device, batch_size, loader_max_images, train_step_budget)
+    runners = _part_runners(shards, out_dir, quick, device, batch_size, loader_max_images, train_step_budget,
+                            train_step_batch_sizes)
     docs, seconds = {}, {}
     for part in only or PARTS:
         t0 = time.perf_counter()
@@ -109,7 +112,8 @@ def run(shards: str | Path | None = None, quick: bool = False, json_path: str | 
     return save_json(json_path, "suite", results, {"shards": str(shards), "quick": quick, "parts": list(docs),
                                                    "device": device, "batch_size": batch_size,
                                                    "loader_max_images": loader_max_images,
-                                                   "train_step_budget_s": train_step_budget})
+                                                   "train_step_budget_s": train_step_budget,
+                                                   "train_step_batch_sizes": train_step_batch_sizes})
 
 
 @cli_entry
@@ -124,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                         "minutes per epoch on the 1-thread CPU paths)")
     p.add_argument("--train-step-budget", type=float, default=None, metavar="SECONDS",
                    help="train_step part: start no new variant after this many seconds")
+    p.add_argument("--train-step-batch-sizes", type=int, nargs="+", default=None, metavar="B",
+                   help="train_step part: batch sizes of its grid (default: the part's own, e.g. 64 256 1024 "
+                        "on CUDA, 32 with --quick on CPU)")
     p.add_argument("--quick", action="store_true", help="a CPU smoke run of a minute or two")
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--out", default="bench_out", help="folder for the trace and generated data")
@@ -136,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--synthetic-images generates a set: it cannot be combined with --shards")
     if a.synthetic_images is not None and a.synthetic_images < 3:
         p.error("--synthetic-images needs at least 3 images (one per split)")
+    if a.train_step_batch_sizes is not None and min(a.train_step_batch_sizes) < 1:
+        p.error("--train-step-batch-sizes must be at least 1")
     run(a.shards, a.quick, a.json, a.out, a.only, a.device, a.batch_size, a.synthetic_images,
-        a.loader_max_images, a.train_step_budget)
+        a.loader_max_images, a.train_step_budget, a.train_step_batch_sizes)
     return 0
 
 

@@ -13,6 +13,17 @@ from bench.__main__ import main as bench_main, summarize
 from bench.profile import gpu_busy_from_trace, merged_length
 
 
+@pytest.fixture
+def small_matmul_peak(monkeypatch):
+    """train_step.run measures a matmul peak (MFU's denominator) per AMP dtype of its grid, on a 1024² matmul
+    on CPU: without native bf16 that is ~20 s for the bf16 one alone, more than the timed rows. No test here
+    checks the peak's value, so these runs measure it on a 64² matmul: the same code path, in well under a second."""
+    import model.training.peak as peak
+
+    real = peak.measure_matmul_peak
+    monkeypatch.setattr(peak, "measure_matmul_peak", lambda device, dtype, n=None, **kw: real(device, dtype, n=64, **kw))
+
+
 def test_merged_length_counts_overlaps_once():
     assert merged_length([]) == 0
     assert merged_length([(0, 10), (5, 15), (20, 25)]) == 20
@@ -47,16 +58,20 @@ def test_summary_judges_targets_only_on_gpu():
 
 
 @pytest.mark.slow
-def test_quick_suite_runs_every_part(shards_dir, tmp_path):
+def test_quick_suite_runs_every_part(shards_dir, tmp_path, small_matmul_peak):
     out = tmp_path / "bench"
+    # Small batches keep the CPU steps short (bf16 autocast convs are slow without native bf16); the
+    # train_step part still runs its whole --quick CPU grid (eager fp32 and bf16).
     rc = bench_main(["--quick", "--shards", str(shards_dir), "--out", str(out), "--json", str(out / "suite.json"),
-                     "--batch-size", "16", "--device", "cpu"])
+                     "--batch-size", "8", "--train-step-batch-sizes", "8", "--device", "cpu"])
     assert rc == 0
     doc = json.loads((out / "suite.json").read_text())
     assert doc["env"]["torch"] and doc["settings"]["quick"] is True
     parts = doc["results"]["parts"]
     assert set(parts) == {"loader", "loss", "train_step", "input", "profile"}
-    assert all(r["finite"] and r["images_per_s"] > 0 for r in parts["train_step"]["rows"])
+    rows = parts["train_step"]["rows"]
+    assert sorted((r["amp"], r["batch_size"]) for r in rows) == [("bf16", 8), ("off", 8)]
+    assert all(r["finite"] and r["images_per_s"] > 0 and r["mfu"] > 0 for r in rows)
     assert parts["input"]["loader_fed_images_per_s"] > 0 and parts["input"]["input_efficiency"] > 0
     assert parts["profile"]["top"], "the profiler recorded no operators"
     trace = json.loads((out / "trace.json").read_text())
@@ -84,7 +99,7 @@ def test_train_step_grid_puts_the_headline_first_and_cuda_graphs_only_on_cuda():
         assert {s["variant"].split("/")[2] for s in cpu_skipped} >= {"triton-loss"}
 
 
-def test_train_step_budget_skips_later_variants_but_always_times_one():
+def test_train_step_budget_skips_later_variants_but_always_times_one(small_matmul_peak):
     from bench.train_step import run
 
     doc = run(quick=True, device="cpu", batch_sizes=[8], print_results=False, budget_s=0)
@@ -93,7 +108,7 @@ def test_train_step_budget_skips_later_variants_but_always_times_one():
     assert "eager/bf16/torch-loss/B8" in [s["variant"] for s in skipped if "budget" in s["reason"]]
 
 
-def test_train_step_json_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatch):
+def test_train_step_json_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatch, small_matmul_peak):
     import bench.train_step as ts
 
     real, calls = ts.time_variant, []
