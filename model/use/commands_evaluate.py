@@ -63,5 +63,6 @@ def evaluate(args: argparse.Namespace, trained: Trained, console: Console) -> in
     console.print(evaluation_table(ev))
     print_written(console, [(out / name, what) for name, what in zip(FILES, (
         "every number, with the settings", "KL per dimension, attribute ratios, regions, IWAE by K",
-        "the worst images per failure mode")) if (out / name).exists()])
+        "the worst images per failure mode")) if (out / name).exists()]
+                  + [(out / "fid", "test images and prior samples as PNG folders (--fid)")] * bool(args.fid))
     return 0
