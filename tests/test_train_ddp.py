@@ -208,3 +208,48 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes(shards_
     assert proc.returncode == 0, proc.stderr[-3000:]
     train = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
     assert train == list(range(2, train[-1] + 1, 2)) and train[-1] == steps_per_epoch(shards_dir, 8, world=2)
+
+
+def _sigma_terms(rank: int):
+    """This rank's objective with a learned σ and its loss on its own fixed batch."""
+    from model.losses.objective import Objective
+    from model.training.config import load_config
+    from model.vae import VAEOutput
+
+    obj = Objective(load_config(["--recon", "gaussian_learned_sigma"]), impl="torch")
+    g = torch.Generator().manual_seed(rank)
+    logits, x = torch.randn(4, 3, 16, 16, generator=g), torch.rand(4, 3, 16, 16, generator=g) * (1 + rank)
+    mu, logvar = torch.randn(4, 8, generator=g), torch.zeros(4, 8)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    return obj, obj(VAEOutput(logits, mu, logvar, kl), x, torch.tensor(1.0)).loss
+
+
+def _sigma_worker(rank: int, world: int, init_method: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        obj, loss = _sigma_terms(rank)
+        loss.backward()
+        torch.save(obj.log_sigma.grad.clone(), f"{out}.{rank}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_learned_sigma_gradient_is_averaged_over_ranks(tmp_path):
+    """The learned σ lives outside the DDP-wrapped network: its gradient hook averages it across ranks."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "sigma_grad"
+    mp.start_processes(_sigma_worker, args=(2, f"tcp://127.0.0.1:{_free_port()}", str(out)), nprocs=2, join=True,
+                       start_method="spawn")
+    alone = []
+    for rank in range(2):  # no process group here: each rank's own gradient
+        obj, loss = _sigma_terms(rank)
+        loss.backward()
+        alone.append(obj.log_sigma.grad)
+    assert not torch.allclose(alone[0], alone[1])  # the ranks' data differ, so averaging is visible
+    for rank in range(2):
+        torch.testing.assert_close(torch.load(f"{out}.{rank}"), (alone[0] + alone[1]) / 2)
