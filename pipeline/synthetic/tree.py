@@ -101,10 +101,18 @@ def _write_folder(folder: Path, seed: int, n: int, workers: int, progress: bool,
     """The images as files in ``folder`` (the workers write them); returns the attribute rows.
     ``keep_existing``: images already there are this run's own (same n and seed): keep them."""
     folder.mkdir(exist_ok=True)
-    for tmp in folder.glob(".*.tmp"):  # a killed worker's unfinished image
-        tmp.unlink(missing_ok=True)
+    _remove_temps(folder)  # a killed worker's unfinished image
     render = partial(_render_chunk, seed, folder=str(folder), keep_existing=keep_existing)
-    return {i: row for i, _, row in _render_all(render, n, workers, progress)}
+    try:
+        return {i: row for i, _, row in _render_all(render, n, workers, progress)}
+    except BaseException:  # Ctrl-C: the pool has stopped (ordered_map waits for it); leave no temp file behind
+        _remove_temps(folder)
+        raise
+
+
+def _remove_temps(folder: Path) -> None:
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _write_zip(path: Path, seed: int, n: int, workers: int, progress: bool) -> dict[int, list[int]]:
@@ -154,8 +162,12 @@ def _render_chunk(seed: int, indices: Sequence[int], folder: str | None = None, 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write under a temporary name, then rename: a file that exists under its name is complete."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # e.g. the Ctrl-C that reaches every worker of the process group
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_json(path: Path) -> object:
