@@ -38,7 +38,8 @@ from model.training.data import open_loader, prepare_default_data
 from model.training.disk_full import DiskFull, remove_temps, write_text
 from model.evaluation import evaluate_model
 from model.evaluation.report import evaluation_table
-from model.evaluation.settings import eval_settings, scalars_of
+from model.evaluation.settings import eval_settings
+from model.evaluation.summary import scalars_of
 from model.training.evaluate import evaluate
 from model.training.metrics_log import MetricsLog
 from model.training.peak import measure_matmul_peak
@@ -121,7 +122,9 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     flops_per_image = vae_flops_per_image(raw.cfg) if rt.device.type == "cuda" else None
 
     # ------------------------------------------------------------------ optimizer
-    groups = [{"params": list(raw.parameters())}] + [{"params": loss_fn.trainable(), "weight_decay": 0.0}] * bool(loss_fn.trainable())
+    groups = [{"params": list(raw.parameters())}]
+    if loss_fn.trainable():  # the learned σ: no weight decay towards σ = 0
+        groups.append({"params": loss_fn.trainable(), "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["adam_betas"]),
                                   weight_decay=cfg["weight_decay"], foreach=True)
     scaler = rt.grad_scaler()
@@ -356,7 +359,7 @@ def _write_pictures(raw: ConvVAE, cfg: dict, rt, shards: Path, run_dir: Path, fa
     pixels = x[0].numel()
     plot_pairs(torch.stack([f.image for f in failures]), torch.stack([f.reconstruction for f in failures]),
                run_dir / "failures.png", title=f"the {len(failures)} worst test reconstructions (sampled z)",
-               labels=[f"{f.key}\nMSE {f.error / pixels:.4f}" for f in failures])
+               labels=[f"{f.key}\nMSE {f.value / pixels:.4f}" for f in failures])
 
 
 if __name__ == "__main__":

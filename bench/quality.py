@@ -123,8 +123,7 @@ def run(shards: Path, out: Path, *, variants: list[str], epochs: int, extra: lis
     for name in variants:
         print(f"bench.quality: training {name} …", flush=True)
         results.append(train_variant(name, shards, out, epochs, list(extra or []), weights, perceptual_weight))
-        if name == "perceptual" and weights == "random":
-            results[-1]["variant"] = name  # the directory name stays; the table says what ran
+        if name == "perceptual" and weights == "random":  # the table says what ran
             results[-1]["what"] += " — RANDOM VGG weights (no vgg16-397923af.pth found)"
     print_table(f"quality per variant ({epochs} epochs each, same data and seed)", COLUMNS, table_rows(results),
                 caption="; ".join(f"{r['variant']}: {r['what']}" for r in results))

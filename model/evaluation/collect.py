@@ -9,17 +9,17 @@ Under DDP each rank reads its own share of the split and the results are gathere
 """
 from __future__ import annotations
 
-import heapq
-import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
 
 from model.evaluation.settings import EvalSettings
+from model.losses.kl import kl_per_dim
 from model.metrics import (LatentStats, face_ellipse_mask, high_frequency_energy, iwae_log_weights, mse_per_image,
                            psnr, region_mse, ssim)
 from model.metrics.latent import LatentResult
+from model.training.evaluate import Failure, WorstK
 
 #: Failure modes shown in failure_modes.png: name → what its score is (largest first).
 MODES = {
@@ -31,16 +31,6 @@ MODES = {
 PER_IMAGE = ("mse", "psnr", "ssim", "hf_input", "hf_recon", "mse_face", "mse_outside", "sse_sampled", "kl")
 
 
-@dataclass(order=True)
-class Example:
-    score: float
-    tie: int  # insertion order: equal scores never compare the tensors
-    key: str = field(compare=False)
-    image: torch.Tensor = field(compare=False, repr=False)  # 3×H×W CPU [0, 1]
-    reconstruction: torch.Tensor = field(compare=False, repr=False)
-    value: float = field(compare=False, default=0.0)  # what the label shows (MSE, sharpness …)
-
-
 @dataclass
 class Collected:
     keys: list[str]
@@ -50,31 +40,8 @@ class Collected:
     kept_inputs: torch.Tensor  # the first ``samples`` images and their reconstructions (CPU)
     kept_recons: torch.Tensor
     iwae_log_w: torch.Tensor  # [n, K] float64, CPU
-    worst: dict[str, list[Example]]  # mode → examples, worst first
+    worst: dict[str, list[Failure]]  # mode → images, worst first
     pixels: int
-
-
-class _Worst:
-    """The K highest-scoring images per mode (a min-heap each; only those images go to the CPU)."""
-
-    def __init__(self, k: int):
-        self.k, self.heaps, self.counter = k, {m: [] for m in MODES}, itertools.count()
-
-    def push(self, mode: str, scores: torch.Tensor, values: torch.Tensor, keys: list[str], x: torch.Tensor,
-             recon: torch.Tensor) -> None:
-        valid = torch.isfinite(scores)
-        if not self.k or not bool(valid.any()):
-            return
-        top = torch.topk(scores.masked_fill(~valid, float("-inf")), min(self.k, int(valid.sum())))
-        idx = top.indices
-        images, recons = x[idx].float().cpu(), recon[idx].float().cpu()
-        heap = self.heaps[mode]
-        for j, (score, i) in enumerate(zip(top.values.tolist(), idx.tolist())):
-            item = Example(score, next(self.counter), keys[i], images[j], recons[j], float(values[i]))
-            if len(heap) < self.k:
-                heapq.heappush(heap, item)
-            elif item > heap[0]:
-                heapq.heapreplace(heap, item)
 
 
 @torch.no_grad()
@@ -91,7 +58,7 @@ def collect(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[s
     share = lambda n: (n + rt.world_size - 1 - rt.rank) // rt.world_size if n else 0  # noqa: E731  this rank's part
     limit, iwae_left, keep_left = share(settings.images) or None, share(settings.iwae_images), share(settings.samples)
     latent = LatentStats(model.cfg.latent_dim, dev)
-    worst = _Worst(settings.worst)
+    worst = {mode: WorstK(settings.worst) for mode in MODES}
     columns: dict[str, list[torch.Tensor]] = {name: [] for name in PER_IMAGE}
     keys_seen: list[str] = []
     kept_x, kept_r, log_ws = [], [], []
@@ -119,7 +86,7 @@ def collect(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[s
                 "hf_input": high_frequency_energy(x), "hf_recon": high_frequency_energy(recon),
                 "mse_face": inside, "mse_outside": outside,
                 "sse_sampled": (sampled - x).pow(2).flatten(1).sum(1),
-                "kl": 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1),
+                "kl": kl_per_dim(mu, logvar).sum(1),
             }
             cpu = torch.stack([row[n].double() for n in PER_IMAGE]).cpu()  # one copy per batch
             for name, values in zip(PER_IMAGE, cpu):
@@ -128,10 +95,10 @@ def collect(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[s
             face_sum += x.double().sum(0)
             sharp = row["hf_recon"] / row["hf_input"].clamp_min(1e-12)
             accessory = torch.tensor([k in accessory_keys for k in keys], device=dev)
-            worst.push("overall", row["mse"], row["mse"], keys, x, recon)
-            worst.push("accessory", row["mse"].masked_fill(~accessory, float("nan")), row["mse"], keys, x, recon)
-            worst.push("blur", -sharp, sharp, keys, x, recon)
-            worst.push("background", outside, outside, keys, x, recon)
+            worst["overall"].push(row["mse"], row["mse"], keys, x, recon)
+            worst["accessory"].push(row["mse"].masked_fill(~accessory, float("nan")), row["mse"], keys, x, recon)
+            worst["blur"].push(-sharp, sharp, keys, x, recon)
+            worst["background"].push(outside, outside, keys, x, recon)
             if keep_left:
                 kept_x.append(x[:keep_left].cpu())
                 kept_r.append(recon[:keep_left].cpu())
@@ -155,7 +122,7 @@ def collect(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[s
 
     per_image = {name: torch.cat(columns[name]) for name in PER_IMAGE}
     empty = torch.zeros(0, *face_sum.shape)
-    part = {"keys": keys_seen, "per_image": per_image, "worst": worst.heaps, "log_w": _cat(log_ws, (0, settings.iwae_k)),
+    part = {"keys": keys_seen, "per_image": per_image, "worst": {m: w.heap for m, w in worst.items()}, "log_w": _cat(log_ws, (0, settings.iwae_k)),
             "kept_x": _cat(kept_x, empty.shape), "kept_r": _cat(kept_r, empty.shape)}
     face_sum = face_sum.cpu()
     if rt.distributed:

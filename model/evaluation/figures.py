@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.evaluation.collect import Example
+from model.training.evaluate import Failure
 from model.training.artifacts import pyplot, save_figure
 from model.use.pictures import plot_table
 
@@ -76,7 +76,7 @@ def _iwae_panel(ax, ev: dict[str, Any]) -> None:
                  f"({ev['iwae_images']} images)", fontsize=9)
 
 
-def plot_failure_modes(worst: dict[str, list[Example]], path: Path) -> Path | None:
+def plot_failure_modes(worst: dict[str, list[Failure]], path: Path) -> Path | None:
     """One pair of rows per mode: the worst inputs, their reconstructions below."""
     rows, labels, row_labels = [], [], []
     for mode, examples in worst.items():

@@ -18,8 +18,9 @@ from model.evaluation.collect import collect
 from model.evaluation.figures import plot_evaluation, plot_failure_modes
 from model.evaluation.settings import EvalSettings
 from model.evaluation.summary import summarize
-from model.metrics.fid import PROTOCOL, fid_available, fid_between, write_png_folder
+from model.metrics.fid import PROTOCOL, fid_between, write_png_folder
 from model.training.disk_full import write_text
+from pipeline.parallel import ProgressBar
 
 #: Attributes that are something worn, not the face itself: the "accessory" failure mode.
 ACCESSORIES = ("Wearing_Hat", "Eyeglasses", "Wearing_Earrings", "Wearing_Necklace", "Wearing_Necktie")
@@ -39,8 +40,9 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable, rt: Any, *, shards
     if attrs is not None:
         cols = [attrs.names.index(a) for a in ACCESSORIES if a in attrs.names]
         accessory_keys = frozenset(k for k, m in zip(attrs.keys, attrs.masks) if any(m >> c & 1 for c in cols))
-    with _progress(console if rt.is_main else None, f"evaluating {split}", settings.images or total) as advance:
-        c = collect(model, batches, rt, settings, accessory_keys=accessory_keys, progress=advance)
+    shown = rt.is_main and console is not None and not getattr(console, "quiet", False)
+    with ProgressBar(shown, f"evaluating {split}", settings.images or total) as bar:
+        c = collect(model, batches, rt, settings, accessory_keys=accessory_keys, progress=bar.advance)
     if not rt.is_main:
         return None
 
@@ -86,7 +88,7 @@ def _fid(test: torch.Tensor, samples: torch.Tensor | None, out_dir: Path, device
     real = write_png_folder(test[:n], out_dir / "fid" / "test")
     fake = write_png_folder(samples[:n], out_dir / "fid" / "samples")
     protocol = PROTOCOL.format(n=n, size=test.shape[-1])
-    score, reason = fid_between(real, fake, device) if fid_available() is None else (None, fid_available())
+    score, reason = fid_between(real, fake, device)  # (None, why) without pytorch-fid or its weights
     return {"fid": score, "fid_note": reason or "computed", "fid_protocol": protocol, "fid_folders": [str(real), str(fake)]}
 
 
@@ -100,26 +102,3 @@ def _finite(obj: Any) -> Any:
         return [_finite(v) for v in obj]
     return obj
 
-
-class _progress:
-    """A rich progress bar fed with images done (nothing shown without a console)."""
-
-    def __init__(self, console: Any, label: str, total: int):
-        self.console, self.label, self.total = console, label, total
-        self.bar = None
-
-    def __enter__(self):
-        if self.console is None or getattr(self.console, "quiet", False):
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=self.console, transient=True)
-        self.bar.__enter__()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False

@@ -61,10 +61,3 @@ def eval_settings(cfg: dict, split_count: int) -> EvalSettings:
     return replace(LIGHT, iwae_k=cfg["eval_iwae_k"], iwae_images=cfg["eval_iwae_images"], samples=cfg["eval_samples"],
                    worst=cfg["n_failures"], batch_size=cfg["eval_batch_size"], seed=cfg["seed"]).check(split_count)
 
-
-def scalars_of(ev: dict | None) -> dict:
-    """The evaluation's single numbers (for summary.json): no per-dimension or per-attribute lists."""
-    if ev is None:
-        return {}
-    return {k: v for k, v in ev.items() if isinstance(v, (int, float, str)) or v is None} | {
-        "regions": {k: v for k, v in ev["regions"].items() if not isinstance(v, dict)}}

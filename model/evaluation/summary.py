@@ -91,3 +91,11 @@ def _diversity(c: Collected, samples: torch.Tensor | None) -> dict[str, Any]:
         "sample_to_mean_face": float(mean_distance_to(samples[:n], face)),
         "diversity_images": n,
     }
+
+
+def scalars_of(ev: dict | None) -> dict:
+    """The evaluation's single numbers (for summary.json): no per-dimension or per-attribute lists."""
+    if ev is None:
+        return {}
+    return {k: v for k, v in ev.items() if isinstance(v, (int, float, str)) or v is None} | {
+        "regions": {k: v for k, v in ev["regions"].items() if not isinstance(v, dict)}}

@@ -9,6 +9,7 @@ and gives the same numbers every time for the same weights.
 from __future__ import annotations
 
 import heapq
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -18,15 +19,40 @@ from torch import nn
 from model.training.runtime import Runtime
 
 
-@dataclass
+@dataclass(order=True)
 class Failure:
-    error: float  # SSE of this image
-    key: str
-    image: torch.Tensor  # 3×H×W, CPU, [0, 1]
-    reconstruction: torch.Tensor
+    """One badly reconstructed image, ranked by ``score`` (then arrival), never by its tensors."""
 
-    def __lt__(self, other: "Failure") -> bool:  # heapq keeps the K largest errors
-        return self.error < other.error
+    score: float
+    tie: int
+    key: str = field(compare=False)
+    image: torch.Tensor = field(compare=False, repr=False)  # 3×H×W, CPU, [0, 1]
+    reconstruction: torch.Tensor = field(compare=False, repr=False)
+    value: float = field(compare=False, default=0.0)  # what its label shows (SSE, MSE, sharpness …)
+
+
+class WorstK:
+    """The K highest-scoring images seen so far (a min-heap; only those images go to the CPU)."""
+
+    def __init__(self, k: int):
+        self.k, self.heap, self._arrival = k, [], itertools.count()
+
+    def push(self, scores: torch.Tensor, values: torch.Tensor, keys: list[str] | None, x: torch.Tensor,
+             recon: torch.Tensor) -> None:
+        """Merge a batch: ``scores`` rank (non-finite ones never enter), ``values`` label the images."""
+        valid = torch.isfinite(scores)
+        if not self.k or not bool(valid.any()):
+            return
+        top = torch.topk(scores.masked_fill(~valid, float("-inf")), min(self.k, int(valid.sum())))
+        idx = top.indices
+        images, recons = x[idx].float().cpu(), recon[idx].float().cpu()
+        for j, (score, i) in enumerate(zip(top.values.tolist(), idx.tolist())):
+            item = Failure(score, next(self._arrival), keys[i] if keys else str(i), images[j].contiguous(),
+                           recons[j].contiguous(), float(values[i]))
+            if len(self.heap) < self.k:
+                heapq.heappush(self.heap, item)
+            elif item > self.heap[0]:
+                heapq.heapreplace(self.heap, item)
 
 
 @dataclass
@@ -48,7 +74,7 @@ def evaluate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str
     model.eval()
     gen = torch.Generator(device=rt.device).manual_seed(seed + 7919 * rt.rank)
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # SSE, KL, count
-    worst: list[Failure] = []
+    worst = WorstK(worst_k)
     pixels = None
     try:
         for batch in batches:
@@ -62,18 +88,19 @@ def evaluate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str
             sums += torch.stack([sse.sum().double(), kl.sum().double(),
                                  torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)])
             if worst_k:
-                _keep_worst(worst, worst_k, sse, keys, x, logits)
+                worst.push(sse, sse, keys, x, torch.sigmoid(logits.float()))
     finally:
         model.train(was_training)
 
+    found = worst.heap
     if rt.distributed:
         import torch.distributed as dist
 
         dist.all_reduce(sums)
         if worst_k:
             gathered: list[list[Failure]] = [[] for _ in range(rt.world_size)]
-            dist.all_gather_object(gathered, worst)
-            worst = [f for part in gathered for f in part]
+            dist.all_gather_object(gathered, found)
+            found = [f for part in gathered for f in part]
     sse_sum, kl_sum, count = (float(v) for v in sums.cpu())
     n = max(count, 1.0)
     metrics = {
@@ -84,20 +111,5 @@ def evaluate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str
         "elbo": -(sse_sum + kl_sum) / n,
         "elbo_loss": (sse_sum + kl_sum) / n,
     }
-    return EvalResult(metrics, sorted(worst, reverse=True)[:worst_k] if worst_k else [])
+    return EvalResult(metrics, sorted(found, reverse=True)[:worst_k] if worst_k else [])
 
-
-def _keep_worst(heap: list[Failure], k: int, sse: torch.Tensor, keys: list[str] | None, x: torch.Tensor,
-                logits: torch.Tensor) -> None:
-    """Merge this batch's K largest errors into a size-K min-heap (only those images go to the CPU)."""
-    top = torch.topk(sse, min(k, sse.shape[0]))
-    errors = top.values.tolist()
-    idx = top.indices
-    images = x[idx].float().cpu()
-    recons = torch.sigmoid(logits[idx].float()).cpu()
-    for j, (err, i) in enumerate(zip(errors, idx.tolist())):
-        item = Failure(err, keys[i] if keys else str(i), images[j].contiguous(), recons[j].contiguous())
-        if len(heap) < k:
-            heapq.heappush(heap, item)
-        elif err > heap[0].error:
-            heapq.heapreplace(heap, item)
