@@ -99,7 +99,7 @@ def comparison_picture(results: list[dict[str, Any]], out: Path, shards: Path, n
         model = trained.model
         if z is None:
             faces = first_samples(shards, "test", n, device=torch.device("cpu"), backend="auto",
-                                  size=model.cfg.image_size)
+                                  size=model.cfg.image_size, crop=trained.crop)
             rows.append(list(faces.images) + [None] + [None] * n)
             labels.append("test faces")
             z = torch.randn(n, model.cfg.latent_dim, generator=torch.Generator().manual_seed(0))

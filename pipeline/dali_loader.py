@@ -14,16 +14,20 @@ from .dali_errors import explain_dali_error
 from .epoch import SHUFFLE_BUFFER, epoch_seed, epoch_shard_order
 from .loader_base import LoaderBase
 
+# What the pipeline itself outputs per asked dtype; others (bf16, fp64) are converted from float32.
+_DALI_OUT = {torch.float16: "half", torch.uint8: "uint8"}
+
 
 class DaliLoader(LoaderBase):
     """DALI pipeline + ``DALIGenericIterator`` behind the loader contract (see :mod:`pipeline.loader_base`)."""
 
     def __init__(self, *, decode_on_gpu: bool, num_threads: int, hw_decoder_load: float | None = None,
-                 **settings) -> None:
+                 hybrid_huffman_threshold: int | None = None, **settings) -> None:
         super().__init__(**settings)
         self.backend = "dali-gpu" if decode_on_gpu else "dali-cpu"
         self._threads = num_threads
         self._hw_decoder_load = None if hw_decoder_load is None else float(hw_decoder_load)
+        self._huffman_threshold = hybrid_huffman_threshold
         self._iterator = None
         self._pipe = None
         self._built_for: int | None = None
@@ -54,8 +58,9 @@ class DaliLoader(LoaderBase):
             decode_device="mixed" if self.backend == "dali-gpu" else "cpu",
             shard_id=self.plan.rank, num_shards=self.plan.world_size,
             shuffle=self._shuffle, initial_fill=SHUFFLE_BUFFER,
-            crop=self._crop, size=self._size, flip=self._flip, half=self._dtype == torch.float16,
+            crop=self._crop, size=self._size, flip=self._flip, out_dtype=_DALI_OUT.get(self._dtype, "float"),
             channels_last=self._channels_last, with_keys=self._with_keys, hw_decoder_load=self._hw_decoder_load,
+            hybrid_huffman_threshold=self._huffman_threshold,
             batch_size=self.plan.batch_size, num_threads=self._threads,
             device_id=self.device.index if self.backend == "dali-gpu" else None,
             prefetch_queue_depth=self._prefetch,

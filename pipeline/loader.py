@@ -11,11 +11,13 @@ the backends share one contract (:mod:`pipeline.loader_base`) and one epoch acco
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 import torch
 
+from .cache import CACHES, CachedLoader, choose_cache
 from .epoch import EpochPlan, resolve_rank
 from .errors import ConfigError
 from .parallel import usable_cores
@@ -47,11 +49,13 @@ def make_loader(
     world_size: int | None = None,
     draft: bool = True,
     hw_decoder_load: float | None = None,
+    hybrid_huffman_threshold: int | None = None,
+    cache: str = "none",
 ):
     """A re-iterable loader over one split of preshard's output folder ``shards``.
 
     Iterating yields float images B×3×``size``×``size`` in [0, 1] on ``device`` as ``dtype``
-    (or ``(images, keys)`` with ``with_keys=True``). ``len(loader)`` is the number of batches
+    (``torch.uint8``: the pixels 0..255 unconverted), or ``(images, keys)`` with ``with_keys=True``. ``len(loader)`` is the number of batches
     per epoch for this rank, ``loader.num_samples`` the distinct samples it yields per epoch.
 
     Args:
@@ -72,6 +76,12 @@ def make_loader(
         draft: webdataset backend only: let libjpeg decode at reduced scale (DCT domain).
         hw_decoder_load: DALI-GPU only: share of the JPEGs decoded by the hardware JPEG engines
             (A100/H100), in [0, 1]; None → DALI's default (0.65).
+        hybrid_huffman_threshold: DALI-GPU only: images with more pixels than this get their Huffman
+            stage on the GPU, the others on CPU threads; None → DALI's default (1,000,000, above
+            every CelebA image).
+        cache: keep the decoded images after the first epoch (:mod:`pipeline.cache`): "none",
+            "host" (RAM), "device" (GPU memory) or "auto" (device on CUDA, else host, when it fits;
+            otherwise none, with a notice). A forced cache that does not fit is a ConfigError.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -81,8 +91,8 @@ def make_loader(
         raise ConfigError(f"crop must be a positive integer or None, got {crop!r}")
     if not isinstance(size, int) or size < 1:
         raise ConfigError(f"size must be a positive integer, got {size!r}")
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise ConfigError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8):
+        raise ConfigError(f"dtype must be a floating-point torch dtype or torch.uint8, got {dtype!r}")
     if not isinstance(prefetch, int) or prefetch < 1:
         raise ConfigError(f"prefetch must be >= 1, got {prefetch!r}")
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 0):
@@ -90,6 +100,13 @@ def make_loader(
     if hw_decoder_load is not None and (isinstance(hw_decoder_load, bool) or not isinstance(hw_decoder_load, (int, float))
                                         or not 0 <= hw_decoder_load <= 1):
         raise ConfigError(f"hw_decoder_load must be a number in [0, 1] or None, got {hw_decoder_load!r}")
+    if hybrid_huffman_threshold is not None and (isinstance(hybrid_huffman_threshold, bool)
+                                                 or not isinstance(hybrid_huffman_threshold, int)
+                                                 or hybrid_huffman_threshold < 0):
+        raise ConfigError(f"hybrid_huffman_threshold must be a non-negative integer (pixels) or None, "
+                          f"got {hybrid_huffman_threshold!r}")
+    if cache not in CACHES:
+        raise ConfigError(f"unknown cache {cache!r}: expected one of {', '.join(CACHES)}")
     dev = resolve_device(device)
     rank, world_size = resolve_rank(rank, world_size)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
@@ -107,21 +124,35 @@ def make_loader(
         raise ConfigError(f"batch_size={batch_size} is larger than the {split_shards.count // world_size} samples per "
                           f"rank of split {split!r}, so drop_last leaves no batch: lower batch_size or set drop_last=False")
 
-    common = dict(split=split_shards, plan=plan, device=dev, shuffle=shuffle, with_keys=with_keys,
-                  flip=bool(flip), crop=crop, size=size, dtype=dtype, channels_last=channels_last,
-                  prefetch=prefetch, seed=int(seed))
     kind = _resolve_backend(backend, dev)
+    threads = _default_threads() if num_threads is None else num_threads
+    if kind != "webdataset" and threads < 1:
+        raise ConfigError("num_threads must be >= 1 for the DALI backends")
+    where = choose_cache(cache, dev, split_shards.split, plan, size)
+    settings = dict(split=split_shards, shuffle=shuffle, crop=crop, size=size, prefetch=prefetch, seed=int(seed))
+    output = dict(device=dev, with_keys=with_keys, flip=bool(flip), dtype=dtype, channels_last=channels_last)
+    if where == "none":
+        return _backend(kind, threads, draft, hw_decoder_load, hybrid_huffman_threshold, plan=plan, **settings,
+                        **output)
+    # The cache's source: every sample of the rank's part once, as uint8 NHWC, unflipped, with keys; the
+    # cache applies the policy, flips and converts (it does so whether it keeps the images or not).
+    source = _backend(kind, threads, draft, hw_decoder_load, hybrid_huffman_threshold,
+                      plan=dataclasses.replace(plan, policy="partial"), **settings,
+                      device=dev if where == "device" or kind == "dali-gpu" else torch.device("cpu"),
+                      with_keys=True, flip=False, dtype=torch.uint8, channels_last=True)
+    return CachedLoader(source, where, plan=plan, **settings, **output)
+
+
+def _backend(kind: str, threads: int, draft: bool, hw_decoder_load: float | None,
+             hybrid_huffman_threshold: int | None, **common):
     if kind == "webdataset":
         from .webdataset_loader import WebDatasetLoader
 
-        workers = _default_threads() if num_threads is None else num_threads
-        return WebDatasetLoader(num_workers=workers, draft=draft, **common)
-    threads = _default_threads() if num_threads is None else num_threads
-    if threads < 1:
-        raise ConfigError("num_threads must be >= 1 for the DALI backends")
+        return WebDatasetLoader(num_workers=threads, draft=draft, **common)
     from .dali_loader import DaliLoader
 
-    return DaliLoader(decode_on_gpu=kind == "dali-gpu", num_threads=threads, hw_decoder_load=hw_decoder_load, **common)
+    return DaliLoader(decode_on_gpu=kind == "dali-gpu", num_threads=threads, hw_decoder_load=hw_decoder_load,
+                      hybrid_huffman_threshold=hybrid_huffman_threshold, **common)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

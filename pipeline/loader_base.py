@@ -15,8 +15,11 @@ from .shards import SplitShards
 
 
 def finish_batch(images: torch.Tensor, device: torch.device, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
-    """Move a B×3×H×W batch (float in [0,1], or uint8 0..255) to ``device``/``dtype``/layout."""
+    """Move a B×3×H×W batch (float in [0,1], or uint8 0..255) to ``device``/``dtype``/layout.
+    ``dtype=torch.uint8`` hands uint8 batches over as they are (0..255)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if dtype == torch.uint8:
+        return images.contiguous(memory_format=fmt).to(device, non_blocking=True)
     if images.dtype == torch.uint8:
         # Re-layout and transfer at 1 byte a value, then convert where the batch lives:
         # converting a strided view first costs ~7x more on the CPU.
@@ -29,6 +32,7 @@ class LoaderBase:
     """The settings and contract every backend shares (see the module docstring)."""
 
     backend: str
+    cache: str = "none"  # where decoded images are kept between epochs (see pipeline.cache)
 
     def __init__(self, *, split: SplitShards, plan: EpochPlan, device: torch.device, shuffle: bool, with_keys: bool,
                  flip: bool, crop: int | None, size: int, dtype: torch.dtype, channels_last: bool, prefetch: int,

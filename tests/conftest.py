@@ -6,6 +6,7 @@ before triton is first imported, hence here, at collection time.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -35,3 +36,11 @@ def shards_dir(celeba_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     preshard(celeba_tree, out, max_samples_per_shard=SHARD_SAMPLES, progress=False)
     return out
+
+
+@pytest.fixture
+def shards_copy(shards_dir, tmp_path):
+    """A private copy of ``shards_dir`` that a test may damage."""
+    dst = tmp_path / "shards"
+    shutil.copytree(shards_dir, dst)
+    return dst

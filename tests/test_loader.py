@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -302,13 +301,6 @@ def test_abandoned_epoch_restarts_cleanly(shards_dir):
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.fixture
-def shards_copy(shards_dir, tmp_path):
-    dst = tmp_path / "shards"
-    shutil.copytree(shards_dir, dst)
-    return dst
-
-
 def _one_line(err):
     msg = str(err.value)
     assert "\n" not in msg and "Traceback" not in msg
@@ -400,6 +392,9 @@ def test_bad_options_are_config_errors(shards_dir):
         dict(split="val", batch_size=4, hw_decoder_load=-0.1),
         dict(split="val", batch_size=4, hw_decoder_load="0.5"),
         dict(split="val", batch_size=4, hw_decoder_load=True),
+        dict(split="val", batch_size=4, hybrid_huffman_threshold=-1),
+        dict(split="val", batch_size=4, hybrid_huffman_threshold=1.5),
+        dict(split="val", batch_size=4, cache="disk"),
     ]
     for case in cases:
         kw = dict(case)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 from kernels.impl import IMPLS
 from pipeline.errors import ConfigError
+from pipeline.cache import CACHES
 from pipeline.loader import BACKENDS
 
 #: Where the defaults live: the project root, beside train.py.
@@ -109,6 +110,13 @@ SCHEMA: dict[str, Key] = {
     "num_threads": Key("int", "loader threads (null = loader's default)", _pos, "> 0", nullable=True),
     "hw_decoder_load": Key("float", "DALI-GPU: share of JPEGs for the hardware decoder (null = DALI's 0.65)",
                            lambda v: 0 <= v <= 1, "in [0, 1]", nullable=True),
+    "hybrid_huffman_threshold": Key("int", "DALI-GPU: images above this many pixels get their Huffman stage on the "
+                                           "GPU (null = DALI's 1,000,000, above every CelebA image)",
+                                    _nonneg, ">= 0", nullable=True),
+    "cache": Key("str", "decoded-image cache after the first epoch: auto (GPU memory on CUDA, else RAM, when it "
+                        "fits) | host | device | none", choices=CACHES),
+    "crop": Key("int", "centre square cropped before resizing (148: CelebA's aligned 178×218; null = the whole "
+                       "image, resized without keeping its aspect ratio)", _pos, "> 0", nullable=True),
     "flip": Key("bool", "random horizontal flips for training"),
     # logging + checkpoints
     "log_interval": Key("int", "steps between metric logs (each one syncs the device)", _pos, "> 0"),

@@ -74,5 +74,6 @@ def open_loader(cfg: dict[str, Any], rt: Runtime, shards: Path, split: str, *, t
         device=rt.device, backend=cfg["backend"], shuffle=train, drop_last=train,
         flip=bool(cfg["flip"]) and train, size=cfg["image_size"], channels_last=rt.channels_last,
         with_keys=with_keys, num_threads=cfg["num_threads"], seed=cfg["seed"], rank=rank, world_size=world,
-        hw_decoder_load=cfg["hw_decoder_load"],
+        hw_decoder_load=cfg["hw_decoder_load"], hybrid_huffman_threshold=cfg["hybrid_huffman_threshold"],
+        cache=cfg["cache"], crop=cfg["crop"],
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from model.use import commands_evaluate, commands_latents, commands_pictures
+from model.use.faces import AS_TRAINED
 from pipeline.errors import ConfigError, cli_entry
 from pipeline.layout import SPLITS
 from pipeline.loader import BACKENDS
@@ -82,8 +83,9 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     g.add_argument("--max-samples", type=int, metavar="N", help="encode only the first N samples of the split")
 
     faces = _Parser(add_help=False)
-    faces.add_argument("--crop", type=_crop, default=148, metavar="PX|none",
-                       help="centre square cropped from a file before resizing (148: CelebA's aligned 178×218)")
+    faces.add_argument("--crop", type=_crop, default=AS_TRAINED, metavar="PX|none",
+                       help="centre square cropped from a file before resizing (default: the checkpoint's crop, "
+                            "148 for CelebA's aligned 178×218)")
     return {"ckpt": ckpt, "out": out, "each": each, "data": data, "encoding": encoding, "faces": faces}
 
 

@@ -53,7 +53,8 @@ def evaluate(args: argparse.Namespace, trained: Trained, console: Console) -> in
         raise ConfigError(f"--out {out} is a file; name a folder")
     rt = Runtime(trained.device, 0, 0, 1, amp="off", channels_last=False, compile=False, sync_batchnorm=False)
     loader = make_loader(shards, args.split, settings.batch_size, device=trained.device, backend=args.backend,
-                         shuffle=False, drop_last=False, with_keys=True, size=trained.model.cfg.image_size)
+                         shuffle=False, drop_last=False, with_keys=True, size=trained.model.cfg.image_size,
+                         crop=trained.crop)
     try:
         ev = evaluate_model(trained.model, loader, rt, shards=Path(shards), split=args.split, settings=settings,
                             out_dir=out, total=total, console=console,

@@ -165,7 +165,8 @@ def _encode(args: argparse.Namespace, trained: Trained, shards: Path, console: C
     if args.max_samples is not None and args.max_samples < 1:
         raise ConfigError(f"--max-samples must be >= 1, got {args.max_samples}")
     return encode_split(trained.model, shards, split or args.split, batch_size=args.batch_size, backend=args.backend,
-                        size=trained.model.cfg.image_size, max_samples=args.max_samples, console=console)
+                        size=trained.model.cfg.image_size, crop=trained.crop, max_samples=args.max_samples,
+                        console=console)
 
 
 def _print_skipped(console: Console, directions: Directions) -> None:

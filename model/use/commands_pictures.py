@@ -76,7 +76,7 @@ def reconstruct(args: argparse.Namespace, trained: Trained, console: Console) ->
     check_folder(args.each, "--each")
     faces = named_faces(args, trained, console) if args.faces else first_samples(
         args.data or trained.default_shards(), args.split, args.n, device=trained.device, backend=args.backend,
-        size=trained.model.cfg.image_size)
+        size=trained.model.cfg.image_size, crop=trained.crop)
     mu, _ = latent.encode(trained.model, faces.images)
     recon = latent.decode(trained.model, mu)
     mse = latent.mse_per_image(recon, faces.images).tolist()

@@ -60,11 +60,16 @@ def load_faces(specs: Sequence[str], *, shards: Callable[[], Path], split: str, 
     return Faces(to_tensor([arrays[i] for i in range(len(specs))]), unique_labels(specs))
 
 
+#: ``--crop``'s default: the crop in the checkpoint's own config (an object, so argparse leaves it as it is).
+AS_TRAINED = object()
+
+
 def named_faces(args, trained, console: Console) -> Faces:
     """The FACE arguments of a command (files, or keys of ``--split`` in ``--data`` or the checkpoint's
     shards), prepared as the loader prepares images."""
+    crop = trained.crop if args.crop is AS_TRAINED else args.crop
     return load_faces(args.faces, shards=lambda: args.data or trained.default_shards(), split=args.split,
-                      crop=args.crop, size=trained.model.cfg.image_size, console=console)
+                      crop=crop, size=trained.model.cfg.image_size, console=console)
 
 
 def unique_labels(specs: Sequence[str]) -> list[str]:
@@ -90,6 +95,7 @@ class SplitLatents:
 
 
 def encode_split(model: ConvVAE, shards: Path, split: str, *, batch_size: int, backend: str, size: int,
+                 crop: int | None,
                  max_samples: int | None, console: Console) -> SplitLatents:
     """Read ``split`` in order through ``pipeline.make_loader`` and encode it, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -98,7 +104,7 @@ def encode_split(model: ConvVAE, shards: Path, split: str, *, batch_size: int, b
 
     device = next(model.parameters()).device
     loader = make_loader(shards, split, batch_size, device=device, backend=backend, shuffle=False, drop_last=False,
-                         with_keys=True, size=size)
+                         with_keys=True, size=size, crop=crop)
     total = loader.num_samples if max_samples is None else min(max_samples, loader.num_samples)
     keys: list[str] = []
     mus, logvars = [], []
@@ -120,12 +126,13 @@ def encode_split(model: ConvVAE, shards: Path, split: str, *, batch_size: int, b
     return SplitLatents(keys, torch.cat(mus), torch.cat(logvars))
 
 
-def first_samples(shards: Path, split: str, n: int, *, device: torch.device, backend: str, size: int) -> Faces:
+def first_samples(shards: Path, split: str, n: int, *, device: torch.device, backend: str, size: int,
+                  crop: int | None) -> Faces:
     """The first ``n`` samples of a split in index order, as the loader prepares them."""
     from pipeline.loader import make_loader
 
     loader = make_loader(shards, split, n, device=device, backend=backend, shuffle=False, drop_last=False,
-                         with_keys=True, size=size)
+                         with_keys=True, size=size, crop=crop)
     try:
         images, keys = next(iter(loader))
     finally:

@@ -61,6 +61,11 @@ class Trained:
             path = Path(out) / default_name if Path(out).is_dir() else Path(out)
         return check_file(path, Path(default_name).suffix)
 
+    @property
+    def crop(self) -> int | None:
+        """The centre crop the model was trained with (checkpoints older than the ``crop`` key: CelebA's 148)."""
+        return self.config.get("crop", 148)
+
     def default_shards(self) -> Path:
         """The shards this checkpoint was trained on (config ``data``, or the synthetic default)."""
         shards = Path(self.config.get("data") or self.config.get("synthetic_shards") or "data/shards")
