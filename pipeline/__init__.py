@@ -6,6 +6,7 @@ Where things are:
     errors.py            UserError / DataError / ConfigError and ``cli_entry`` (every CLI's wrapper)
     parallel.py          core count, ordered process-pool map, progress bar
     celeba.py            CelebA as distributed (folder or zip, partition and attribute lists)
+    image_folder.py      any folder of JPEG/PNG/WebP faces: listing, split by path hash, shard keys
     synthetic/           procedurally drawn faces in CelebA's layout (the embedded default)
     preshard/            CelebA → validated WebDataset tars + DALI index files + manifest.json
     wds_index.py         DALI's index format (write, parse)

@@ -1,10 +1,15 @@
-"""CelebA → WebDataset shards with DALI index files, every JPEG validated on the way.
+"""CelebA or any folder of faces → WebDataset shards with DALI index files, every image validated on the way.
 
 ``python -m pipeline.preshard --celeba SRC --out DIR`` writes
 
     DIR/{train,val,test}/celeba-{split}-NNNNNN.tar   KEY.jpg (original bytes), KEY.cls, KEY.json
     DIR/{train,val,test}/celeba-{split}-NNNNNN.idx   DALI wds2idx v1.2 index of that tar
     DIR/manifest.json                                 counts, sha256 per shard, skipped keys
+
+``python -m pipeline.preshard --images DIR --out OUT [--val 0.05 --test 0.05]`` writes the same
+layout as ``images-{split}-NNNNNN.tar`` with only ``KEY.jpg`` per sample (JPEG bytes as found, or
+PNG for other formats: the loaders decode by content), split by a hash of each relative path (see
+:mod:`pipeline.image_folder`); the manifest says ``"attributes": null``.
 
 Properties the rest of the project relies on:
 
@@ -19,10 +24,10 @@ Properties the rest of the project relies on:
 
 Modules, one job each:
 
-    validate.py    check_jpeg and the validated stream (chunks through pipeline.parallel.ordered_map)
+    validate.py    check_jpeg, prepare_image, the validated stream (chunks via pipeline.parallel.ordered_map)
     tar_writer.py  tar_header, ShardWriter (tar + index, atomic rename), a sample's tar members
     state.py       the output directory: no-op / resume / refuse, the state file, the final manifest
-    run.py         preshard() itself: options, split_plan, writing each split into shards
+    run.py         preshard() itself: options, the source (CelebA or a folder), split_plan, writing each split
     cli.py         main(): argparse and the rich summary tables
 """
 from __future__ import annotations
@@ -32,7 +37,7 @@ from .cli import main
 from .run import preshard, split_plan
 from .state import STATE
 from .tar_writer import TAR_BLOCK, TAR_RECORD, ShardWriter, sample_members, tar_header
-from .validate import check_jpeg
+from .validate import check_jpeg, prepare_image
 
-__all__ = ["preshard", "main", "split_plan", "check_jpeg", "tar_header", "ShardWriter", "sample_members", "STATE",
-           "MANIFEST", "MANIFEST_FORMAT", "TAR_BLOCK", "TAR_RECORD"]
+__all__ = ["preshard", "main", "split_plan", "check_jpeg", "prepare_image", "tar_header", "ShardWriter",
+           "sample_members", "STATE", "MANIFEST", "MANIFEST_FORMAT", "TAR_BLOCK", "TAR_RECORD"]

@@ -1,7 +1,8 @@
 """``python -m pipeline.preshard`` / ``celeba-preshard``: arguments in, a summary table out.
 
 Only argument parsing and printing live here; the work is :func:`pipeline.preshard.run.preshard`.
-A UserError ends the program with one ``error:`` line and exit code 2 (see ``cli_entry``).
+A UserError ends the program with one ``error:`` line and exit code 2 (see ``cli_entry``);
+``--celeba`` and ``--images`` exclude each other, which argparse enforces (also exit code 2).
 """
 from __future__ import annotations
 
@@ -16,29 +17,38 @@ from .run import preshard
 
 @cli_entry(resumable=True)
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m pipeline.preshard --celeba SRC --out DIR [--shard-mb 100] [--max-samples N] ...``."""
+    """CLI: ``python -m pipeline.preshard (--celeba SRC | --images DIR) --out OUT [--shard-mb 100] ...``."""
     from rich.console import Console
     from rich.table import Table
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.preshard",
-                                     description="Shard CelebA (folder or zip) into WebDataset tars with DALI index files.")
-    parser.add_argument("--celeba", required=True, help="CelebA folder (img_align_celeba/ or .zip + list files) or the zip")
+                                     description="Shard CelebA (folder or zip) or any folder of face images into "
+                                                 "WebDataset tars with DALI index files.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--celeba", help="CelebA folder (img_align_celeba/ or .zip + list files) or the zip")
+    source.add_argument("--images", metavar="DIR",
+                        help="any folder of .jpg/.jpeg/.png/.webp images (searched recursively; no attributes)")
+    parser.add_argument("--val", type=float, default=None,
+                        help="--images: share of images in val, by a hash of each path (default 0.05)")
+    parser.add_argument("--test", type=float, default=None,
+                        help="--images: share of images in test, by a hash of each path (default 0.05)")
     parser.add_argument("--out", required=True, help="output directory for {train,val,test}/*.tar and manifest.json")
     parser.add_argument("--shard-mb", type=float, default=100.0, help="target shard size in MB (default 100)")
     parser.add_argument("--max-samples", type=int, default=None, help="also close a shard after N samples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train-order shuffle")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train-order shuffle (not of the split)")
     parser.add_argument("--workers", type=int, default=None, help="validation processes (default: all cores)")
     parser.add_argument("--on-bad", choices=("skip", "error"), default="skip",
-                        help="bad JPEG: skip it (listed in the manifest) or stop with an error")
+                        help="bad image: skip it (listed in the manifest) or stop with an error")
     args = parser.parse_args(argv)
     if not args.shard_mb > 0:
         raise ConfigError(f"--shard-mb must be positive, got {args.shard_mb}")
 
     console = Console()
     t0 = time.perf_counter()
-    manifest = preshard(args.celeba, args.out, shard_bytes=int(args.shard_mb * 1_000_000),
-                        max_samples_per_shard=args.max_samples, seed=args.seed, workers=args.workers,
-                        on_bad=args.on_bad, progress=True)
+    kind, src = ("celeba", args.celeba) if args.celeba is not None else ("images", args.images)
+    manifest = preshard(src, args.out, kind=kind, val=args.val, test=args.test,
+                        shard_bytes=int(args.shard_mb * 1_000_000), max_samples_per_shard=args.max_samples,
+                        seed=args.seed, workers=args.workers, on_bad=args.on_bad, progress=True)
     dt = time.perf_counter() - t0
 
     table = Table(title=f"preshard → {args.out}")
@@ -54,11 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(table)
     if manifest["skipped"]:
         bad = Table(title=f"skipped {len(manifest['skipped'])} bad image(s) (listed in manifest.json)")
-        bad.add_column("key")
+        bad.add_column("file")
         bad.add_column("split")
         bad.add_column("reason")
         for s in manifest["skipped"][:20]:
-            bad.add_row(s["key"], s["split"], s["reason"])
+            name = s.get("file", s["key"]).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            bad.add_row(name, s["split"], s["reason"])
         if len(manifest["skipped"]) > 20:
             bad.caption = f"… and {len(manifest['skipped']) - 20} more"
         console.print(bad)

@@ -1,5 +1,11 @@
 """The preshard run: check the options, decide what the output directory needs, write every split.
 
+Two sources feed the same writer: CelebA (:mod:`pipeline.celeba`, its own split, attributes) and
+any folder of photos (:mod:`pipeline.image_folder`, split by a hash of each path, no attributes).
+Either is a list of entries (split, key, file) plus optional attributes; the source kind only
+picks how an image is validated (:mod:`pipeline.preshard.validate`) and the shards' name prefix,
+so resuming, atomic shards, the state file and the manifest are one code path for both.
+
 Samples are written split by split in :func:`split_plan` order; a shard closes before it would
 exceed ``shard_bytes`` or when it holds ``max_samples_per_shard`` samples, and each finished
 shard is logged in the state file, so a rerun resumes after the last one. The options and the
@@ -13,13 +19,19 @@ import os
 import random
 from pathlib import Path
 
-from ..celeba import CelebASource, Entry, open_celeba
+from ..celeba import Entry, open_celeba
 from ..errors import ConfigError, DataError
+from ..image_folder import Source, open_image_folder
 from ..layout import MANIFEST_FORMAT, SPLITS
 from ..parallel import ProgressBar, usable_cores
 from .state import append_state, commit_manifest, finished_output, prepare_output
 from .tar_writer import ShardWriter, sample_members
-from .validate import validated
+from .validate import Prepare, keep_jpeg, prepare_image, validated
+
+#: Source kind → how each image is checked and what is stored (see :mod:`pipeline.preshard.validate`).
+PREPARE: dict[str, Prepare] = {"celeba": keep_jpeg, "images": prepare_image}
+#: A folder's default share of val and of test images.
+DEFAULT_FRACTION = 0.05
 
 
 def _check_options(shard_bytes: int, max_samples_per_shard: int | None, on_bad: str, workers: int | None) -> None:
@@ -33,29 +45,47 @@ def _check_options(shard_bytes: int, max_samples_per_shard: int | None, on_bad: 
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
 
 
-def split_plan(source: CelebASource, split: str, seed: int) -> list[Entry]:
-    """The order samples are written in: train shuffled with ``seed``, val/test in file order."""
+def split_plan(source: Source, split: str, seed: int) -> list[Entry]:
+    """The order samples are written in: train shuffled with ``seed``, val/test in file (CelebA) or key order."""
     entries = source.split(split)
     if split == "train":
         random.Random(seed).shuffle(entries)
     return entries
 
 
-def preshard(src: str | os.PathLike, out: str | os.PathLike, *, shard_bytes: int = 100_000_000,
-             max_samples_per_shard: int | None = None, seed: int = 0, workers: int | None = None,
-             on_bad: str = "skip", progress: bool = True) -> dict:
-    """Shard the CelebA source ``src`` into ``out``; return the manifest (also written to ``out/manifest.json``).
+def open_source(kind: str, src: str | os.PathLike, val: float | None, test: float | None) -> tuple[Source, dict]:
+    """The source and the options it adds to the run's (the split fractions of a folder)."""
+    if kind == "celeba":
+        if val is not None or test is not None:
+            raise ConfigError("--val and --test apply to --images only (CelebA's list_eval_partition.txt "
+                              "decides its splits)")
+        return open_celeba(src), {}
+    if kind == "images":
+        val = DEFAULT_FRACTION if val is None else val
+        test = DEFAULT_FRACTION if test is None else test
+        return open_image_folder(src, val, test), {"val": val, "test": test}
+    raise ConfigError(f"source kind must be 'celeba' or 'images', got {kind!r}")
 
-    A shard closes before it would exceed ``shard_bytes`` or when it holds ``max_samples_per_shard``
-    samples. Bad JPEGs are skipped and listed under ``"skipped"`` (``on_bad="skip"``) or raise
-    DataError (``on_bad="error"``). Rerunning into a finished ``out`` with the same inputs is a
-    no-op; into an interrupted one it resumes; into one with other shards it raises DataError.
+
+def preshard(src: str | os.PathLike, out: str | os.PathLike, *, kind: str = "celeba", val: float | None = None,
+             test: float | None = None, shard_bytes: int = 100_000_000, max_samples_per_shard: int | None = None,
+             seed: int = 0, workers: int | None = None, on_bad: str = "skip", progress: bool = True) -> dict:
+    """Shard ``src`` into ``out``; return the manifest (also written to ``out/manifest.json``).
+
+    ``kind="celeba"``: ``src`` is a CelebA folder or zip. ``kind="images"``: any folder of
+    JPEG/PNG/WebP images, split by a hash of each relative path into ``val`` and ``test``
+    fractions (default 0.05 each) and train. A shard closes before it would exceed ``shard_bytes``
+    or when it holds ``max_samples_per_shard`` samples. Bad images are skipped and listed under
+    ``"skipped"`` (``on_bad="skip"``) or raise DataError (``on_bad="error"``). Rerunning into a
+    finished ``out`` with the same inputs is a no-op; into an interrupted one it resumes; into one
+    with other shards it raises DataError.
     """
     _check_options(shard_bytes, max_samples_per_shard, on_bad, workers)
     workers = workers or usable_cores()
-    source = open_celeba(src)
-    desc = source.describe()
-    options = {"shard_bytes": shard_bytes, "max_samples_per_shard": max_samples_per_shard, "seed": seed}
+    source, split_options = open_source(kind, src, val, test)
+    desc = {"kind": kind, **source.describe()}
+    options = {"shard_bytes": shard_bytes, "max_samples_per_shard": max_samples_per_shard, "seed": seed,
+               **split_options}
     fingerprint = hashlib.sha256(json.dumps([desc["fingerprint"], options], sort_keys=True).encode()).hexdigest()
     out = Path(out)
 
@@ -75,7 +105,7 @@ def preshard(src: str | os.PathLike, out: str | os.PathLike, *, shard_bytes: int
                 skipped += r["skipped"]
             start = done[-1]["next"] if done else 0
             bar.advance(start)
-            shards += _write_split(source, plan, start, out, split, len(shards), skipped, shard_bytes,
+            shards += _write_split(source, kind, plan, start, out, split, len(shards), skipped, shard_bytes,
                                    max_samples_per_shard, on_bad, workers, bar)
             count = sum(s["count"] for s in shards)
             if count:
@@ -98,7 +128,7 @@ def preshard(src: str | os.PathLike, out: str | os.PathLike, *, shard_bytes: int
     return manifest
 
 
-def _write_split(source: CelebASource, plan: list[Entry], start: int, out: Path, split: str, seq: int,
+def _write_split(source: Source, kind: str, plan: list[Entry], start: int, out: Path, split: str, seq: int,
                  skipped: list[dict], shard_bytes: int, max_samples: int | None, on_bad: str, workers: int,
                  bar: ProgressBar) -> list[dict]:
     """Write plan[start:] into shards numbered from ``seq``; log each finished shard in the state file."""
@@ -106,13 +136,13 @@ def _write_split(source: CelebASource, plan: list[Entry], start: int, out: Path,
     pending_skips: list[dict] = []
     writer: ShardWriter | None = None
     try:
-        for pos, entry, data, reason in validated(source, plan, start, workers):
+        for pos, entry, data, reason in validated(source, plan, start, workers, PREPARE[kind]):
             bar.advance()
             if reason is not None:
                 if on_bad == "error":
                     raise DataError(f"bad image {entry.filename} (key {entry.key}, {split}) in {source.store}: {reason}; "
                                     "replace or remove it, or rerun with --on-bad skip")
-                pending_skips.append({"key": entry.key, "split": split, "reason": reason})
+                pending_skips.append({"key": entry.key, "file": entry.filename, "split": split, "reason": reason})
                 continue
             members = sample_members(entry, data, source)
             size = ShardWriter.sample_bytes(members)
@@ -122,7 +152,7 @@ def _write_split(source: CelebASource, plan: list[Entry], start: int, out: Path,
                 pending_skips = []
                 writer = None
             if writer is None:
-                writer = ShardWriter(out, split, seq + len(shards))
+                writer = ShardWriter(out, split, seq + len(shards), prefix=kind)
             writer.add(entry.key, members)
         if writer is not None:
             shards.append(_finish(out, writer, split, len(plan), pending_skips, skipped))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..layout import MANIFEST, SPLITS
+from .tar_writer import SHARD_PREFIXES
 
 STATE = ".preshard-state.jsonl"
 
@@ -40,12 +41,13 @@ def intact(out: Path, record: dict, verify_hash: bool) -> bool:
 
 
 def our_files(out: Path) -> list[Path]:
-    """Shard and index files (finished or temporary) that preshard would write under ``out``."""
+    """Shard and index files (finished or temporary) that preshard would write under ``out``, from either source."""
     files = []
     for split in SPLITS:
         d = out / split
         if d.is_dir():
-            files += [p for p in d.iterdir() if p.name.startswith((f"celeba-{split}-", f".celeba-{split}-"))]
+            starts = tuple(f"{dot}{prefix}-{split}-" for prefix in SHARD_PREFIXES for dot in ("", "."))
+            files += [p for p in d.iterdir() if p.name.startswith(starts)]
     return files
 
 

@@ -3,7 +3,8 @@
 Every header field that could vary (mtime, owner, mode) is fixed and members are written in a
 fixed order, so the same samples always give the same bytes. A shard is written under
 temporary names and renamed into place index first, so a ``.tar`` never exists without its
-``.idx``.
+``.idx``. Shards are named after their source (``celeba-train-000000.tar``,
+``images-train-000000.tar``) so that a folder of shards says where they came from.
 """
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..celeba import CelebASource, Entry
+from ..celeba import Entry
+from ..image_folder import Source
 from ..wds_index import IndexMember, write_index
 
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tar's default blocking factor; end-of-archive is padded to it
+#: Shard name prefixes, one per source kind (``python -m pipeline.preshard --celeba`` / ``--images``).
+SHARD_PREFIXES = ("celeba", "images")
 
 
 def _padded(n: int) -> int:
@@ -43,11 +47,13 @@ def tar_header(name: str, size: int) -> bytes:
 class ShardWriter:
     """Streams samples into ``<name>.tar`` (+ ``.idx``) under temporary names; ``finish`` renames them."""
 
-    def __init__(self, out: Path, split: str, seq: int):
+    def __init__(self, out: Path, split: str, seq: int, prefix: str = "celeba"):
+        if prefix not in SHARD_PREFIXES:
+            raise ValueError(f"shard prefix must be one of {SHARD_PREFIXES}, got {prefix!r}")
         self.out = out
         self.split_dir = out / split
         self.split_dir.mkdir(parents=True, exist_ok=True)
-        self.name = f"celeba-{split}-{seq:06d}"
+        self.name = f"{prefix}-{split}-{seq:06d}"
         self.tmp_tar = self.split_dir / f".{self.name}.tar.partial"
         self.tmp_idx = self.split_dir / f".{self.name}.idx.partial"
         self.file = open(self.tmp_tar, "wb")
@@ -101,8 +107,12 @@ class ShardWriter:
             p.unlink(missing_ok=True)
 
 
-def sample_members(entry: Entry, data: bytes, source: CelebASource) -> list[tuple[str, bytes]]:
-    """Tar members of one sample, in order: KEY.jpg, then KEY.cls and KEY.json when attributes exist."""
+def sample_members(entry: Entry, data: bytes, source: Source) -> list[tuple[str, bytes]]:
+    """Tar members of one sample, in order: KEY.jpg, then KEY.cls and KEY.json when attributes exist.
+
+    KEY.jpg is the member both loaders read (DALI's reader is built with ``ext=["jpg"]``); for a
+    folder of photos it may hold PNG bytes, which both decoders recognise by content.
+    """
     members = [("jpg", data)]
     if source.attributes is not None:
         cls, js = attribute_members(source.attributes[entry.filename], tuple(source.attribute_names or ()))
