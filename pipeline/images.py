@@ -36,7 +36,25 @@ def read_image_file(path: str | os.PathLike, crop: int | None = 148, size: int =
         data = path.read_bytes()
     except OSError as err:
         raise DataError(f"cannot read image file {path}: {err.strerror or err}") from None
-    return _decode(data, crop, size, f"image file {path}")
+    return _decode(_upright(data), crop, size, f"image file {path}")
+
+
+def _upright(data: bytes) -> bytes:
+    """A photo whose EXIF orientation says "rotated" as the PNG of its upright pixels: preshard --images stores
+    such files upright (DALI rotates by EXIF, PIL does not), so a file and its shard sample give the same face."""
+    import io
+
+    from PIL import ImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.getexif().get(0x0112, 1) == 1:  # 0x0112: EXIF Orientation; 1 = upright
+                return data
+            out = io.BytesIO()
+            ImageOps.exif_transpose(img).convert("RGB").save(out, format="PNG")
+            return out.getvalue()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return data  # _decode reports what is wrong with it
 
 
 def read_split_images(shards: str | os.PathLike, split: str, keys: Sequence[str], crop: int | None = 148,

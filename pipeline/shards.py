@@ -56,7 +56,8 @@ def read_split(shards: str | os.PathLike, split: str) -> SplitShards:
         raise ConfigError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     root = Path(shards)
     manifest_path = root / MANIFEST
-    make_it = f"create it with: python -m pipeline.preshard --celeba CELEBA_DIR --out {root}"
+    make_it = (f"create it with: python -m pipeline.preshard --celeba CELEBA_DIR --out {root} "
+               f"(or --images FOLDER for any folder of faces)")
     if not root.is_dir():
         raise DataError(f"shards folder {root} {'is not a folder' if root.exists() else 'does not exist'}; {make_it}")
     if not manifest_path.is_file():
@@ -74,7 +75,8 @@ def read_split(shards: str | os.PathLike, split: str) -> SplitShards:
     if not entry or not entry.get("count") or not entry.get("shards"):
         have = [s for s, e in (manifest.get("splits") or {}).items() if e and e.get("count")]
         raise DataError(f"split {split!r} is empty in {manifest_path} (splits with samples: "
-                        f"{', '.join(have) or 'none'}); check list_eval_partition.txt and {PRESHARD_HINT}")
+                        f"{', '.join(have) or 'none'}); check list_eval_partition.txt (--celeba) or --val/--test "
+                        f"(--images) and {PRESHARD_HINT}")
     files = []
     try:
         for s in entry["shards"]:
@@ -223,10 +225,14 @@ def read_attributes(shards: str | os.PathLike, split: str, *, required: bool = T
     so does a ``.cls`` member that is not an ASCII decimal within the bits the names allow.
     """
     split_shards = read_split(shards, split)
-    names = json.loads((split_shards.root / MANIFEST).read_text()).get("attributes")
+    manifest = json.loads((split_shards.root / MANIFEST).read_text())
+    names = manifest.get("attributes")
     if not names:
         if not required:
             return None
+        if (manifest.get("source") or {}).get("kind") == "images":
+            raise DataError(f"the shards in {split_shards.root} carry no attributes: they were made from a folder "
+                            "of images (preshard --images), which has no attribute list")
         raise DataError(f"the shards in {split_shards.root} carry no attributes (preshard found no "
                         "list_attr_celeba.txt beside the images); put it in the CelebA folder and re-run preshard")
     raw = read_members(split_shards, "cls")

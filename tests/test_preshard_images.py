@@ -182,6 +182,12 @@ def test_jpegs_are_stored_unchanged_and_the_rest_as_png_of_the_same_pixels(folde
                 np.testing.assert_array_equal(np.asarray(im), expected_pixels(folder / rel), err_msg=rel)
     with Image.open(io.BytesIO(got[keys["r/rotated.jpg"]][1])) as im:
         assert im.size == (44, 36)  # upright: the 36×44 original turned by its EXIF tag
+    # python -m model reads the same photo from its file as the shards hold it: upright
+    from pipeline.images import read_image_file
+    from pipeline.transforms import decode_crop_resize
+
+    np.testing.assert_array_equal(read_image_file(folder / "r/rotated.jpg", crop=None, size=32),
+                                  decode_crop_resize(got[keys["r/rotated.jpg"]][1], None, 32))
 
 
 def test_bad_files_are_skipped_and_listed(folder, out):
