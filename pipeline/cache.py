@@ -161,6 +161,10 @@ class CachedLoader(LoaderBase):
     def filled(self) -> bool:
         return self._images is not None
 
+    @property
+    def cache_bytes(self) -> int:
+        return 0 if self._images is None else self._images.numel()
+
     def close(self) -> None:
         """Release the backend and the cached images."""
         self._source.close()

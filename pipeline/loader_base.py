@@ -33,6 +33,8 @@ class LoaderBase:
 
     backend: str
     cache: str = "none"  # where decoded images are kept between epochs (see pipeline.cache)
+    filled: bool = False  # whether they are all kept by now
+    cache_bytes: int = 0  # the memory they take
 
     def __init__(self, *, split: SplitShards, plan: EpochPlan, device: torch.device, shuffle: bool, with_keys: bool,
                  flip: bool, crop: int | None, size: int, dtype: torch.dtype, channels_last: bool, prefetch: int,
