@@ -43,9 +43,10 @@ from model.evaluation.summary import scalars_of
 from model.training.evaluate import evaluate
 from model.training.metrics_log import MetricsLog
 from model.training.peak import measure_matmul_peak
+from model.training.probe import probe_step
 from model.training.progress import EpochProgress, epoch_table, make_console
 from model.training.run_lock import RunLock
-from model.training.runtime import init_distributed, launch_rank, resolve_runtime, shutdown_distributed
+from model.training.runtime import decide_compile, init_distributed, launch_rank, resolve_runtime, shutdown_distributed
 from model.training.schedules import beta_at, lr_at
 from model.training.signals import StopSignals, resume_command
 from model.training.tensorboard_log import TensorBoardLog
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, rank: int, local_rank: int,
          world_size: int, t_start: float, closing: contextlib.ExitStack, *, download: bool = False) -> int:
-    rt = resolve_runtime(cfg, rank, local_rank, world_size)
+    rt = resolve_runtime(cfg, rank, local_rank, world_size, probe=probe_step)  # CPU "auto": a timed probe of the step
     console = make_console(rt.is_main)
     ckpt_dir = run_dir / "checkpoints"
     impl = resolve_impl(cfg["loss_impl"], rt.device)
@@ -114,6 +115,8 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     val_loader = open_loader(cfg, rt, shards, "val")
     steps_per_epoch = len(train_loader)  # ≥ 1: make_loader refuses a batch larger than a rank's part
     total_steps = cfg["epochs"] * steps_per_epoch
+    # CPU compile "auto": on when the steps still to run repay the compile time (the loss above stays eager)
+    rt = decide_compile(rt, min(total_steps, cfg["stop_at_step"] or total_steps) - (resume["step"] if resume else 0))
 
     # ------------------------------------------------------------------ model
     raw, model = build_model(VAEConfig.from_dict(cfg), rt, impl)
@@ -170,11 +173,13 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
 
     if rt.is_main:
         console.print(f"[bold]run:[/] {run_dir}  |  {rt.describe()['device_name']} × {world_size}  |  amp {rt.amp}, "
-                      f"channels_last {rt.channels_last}, compile {rt.compile_mode if rt.compile else False}, loss {impl}, loader {train_loader.backend}")
+                      f"channels_last {rt.channels_last}, compile {rt.compile_mode if rt.compile else False}, loss {impl}, loader {train_loader.backend}, cache {train_loader.cache}")
         console.print(f"[bold]model:[/] {n_params:,} parameters  |  {steps_per_epoch} steps/epoch × {cfg['epochs']} epochs, "
                       f"global batch {cfg['batch_size'] * world_size}"
                       + (f"  |  resuming at step {step} (epoch {start_epoch + 1}, batch {skip_batches})" if resume else ""))
         console.print(f"[bold]loss:[/] {loss_fn.describe()}, β schedule {cfg['kl_schedule']}")
+        if rt.note:
+            console.print(f"[bold]auto:[/] {rt.note}")
     peak = _device_peak_flops(rt)
 
     # ------------------------------------------------------------------ training loop

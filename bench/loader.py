@@ -28,6 +28,9 @@ from pipeline.parallel import usable_cores
 
 #: Hardware-JPEG-decoder shares tried on CUDA beside DALI's default of 0.65 (config key hw_decoder_load).
 HW_DECODER_LOADS = (0.0, 0.9, 1.0)
+#: Pixel counts above which nvJPEG's Huffman stage runs on the GPU, tried on CUDA beside DALI's default
+#: of 1,000,000 (config key hybrid_huffman_threshold): 0 = every image, 20,000 = every 178×218 CelebA image.
+HUFFMAN_THRESHOLDS = (0, 20_000)
 
 
 def _counts(n: int) -> list[int]:
@@ -76,15 +79,19 @@ def _loader_epoch(loader, max_images: int | None = None) -> Callable[[], int]:
 
 
 def _dali_pipeline_epoch(shards: Path, batch_size: int, threads: int, roi_decode: bool,
-                         max_images: int | None = None) -> Callable[[], int]:
-    """The raw DALI-CPU graph (no PyTorch hand-over) with or without ROI decode: the ablation."""
+                         max_images: int | None = None, device: torch.device | None = None,
+                         decoder_cache_mb: int | None = None) -> Callable[[], int]:
+    """The raw DALI graph (no PyTorch hand-over, one pipeline for every epoch): on CPU with or without
+    ROI decode (the ablation), on a CUDA ``device`` with DALI's own decoder cache of ``decoder_cache_mb``."""
     from pipeline.dali_pipeline import celeba_pipeline
     from pipeline.shards import read_split
 
     split = read_split(shards, "train")
+    gpu = device is not None and device.type == "cuda"
     pipe = celeba_pipeline([str(s.tar) for s in split.shards], [str(s.index) for s in split.shards],
-                           roi_decode=roi_decode, batch_size=batch_size, num_threads=threads, device_id=None,
-                           prefetch_queue_depth=2, seed=0)
+                           roi_decode=roi_decode, batch_size=batch_size, num_threads=threads,
+                           device_id=device.index if gpu else None, decode_device="mixed" if gpu else "cpu",
+                           decoder_cache_mb=decoder_cache_mb, prefetch_queue_depth=2, seed=0)
     pipe.build()
     batches = _capped_batches(split.count, batch_size, max_images)
 
@@ -147,6 +154,14 @@ def configurations(shards: Path, device: torch.device, batch_size: int, cores: i
         return lambda: _loader_epoch(make_loader(shards, "train", batch_size, device=device, backend=backend,
                                                  num_threads=threads, **kw), max_images)
 
+    def cached(backend: str, where: str):
+        def factory():
+            ld = make_loader(shards, "train", batch_size, device=device, backend=backend, cache=where)
+            for _ in ld:  # a whole first epoch fills the cache (untimed), even where --max-images cuts the others
+                pass
+            return _loader_epoch(ld, max_images)
+        return factory
+
     dali = dali_import_error() is None
     cuda = device.type == "cuda"
     yield ("default (auto)", "auto", None, loader("auto", None), "make_loader's defaults")
@@ -156,11 +171,24 @@ def configurations(shards: Path, device: torch.device, batch_size: int, cores: i
         for load in HW_DECODER_LOADS:
             yield (f"DALI-GPU hw_decoder_load {load:g}", "dali-gpu", None,
                    loader("dali-gpu", None, hw_decoder_load=load), "share of JPEGs on the HW decoder (default 0.65)")
+        for pixels in HUFFMAN_THRESHOLDS:
+            yield (f"DALI-GPU hybrid_huffman_threshold {pixels:,}", "dali-gpu", None,
+                   loader("dali-gpu", None, hybrid_huffman_threshold=pixels),
+                   "Huffman on the GPU above this many pixels (default 1,000,000)")
+        for t in _counts(cores):
+            yield (f"DALI-GPU {t} thr", "dali-gpu", t, loader("dali-gpu", t), "CPU threads of the mixed decoder")
+        yield ("DALI-GPU + cache device", "dali-gpu", None, cached("dali-gpu", "device"),
+               "pipeline.cache: epochs after the first read GPU memory")
+        yield ("DALI-GPU decoder cache", "dali-gpu", None,
+               lambda: _dali_pipeline_epoch(shards, batch_size, cores, False, max_images, device, 4096),
+               "DALI's cache_size (full decode, one unshuffled pipeline)")
     else:
         yield ("DALI-GPU", "dali-gpu", None, None, "skipped: " + ("no CUDA" if not cuda else "DALI not importable"))
     for t in _counts(cores):
         yield (f"DALI-CPU {t} thr", "dali-cpu", t, loader("dali-cpu", t) if dali else None,
                "" if dali else "skipped: DALI not importable")
+    yield ("default + cache host", "auto", None, cached("auto", "host"),
+           "pipeline.cache: epochs after the first read RAM")
     tv_note = ""
     try:
         import torchvision  # noqa: F401

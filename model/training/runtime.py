@@ -1,20 +1,26 @@
 """Where and how training runs: device, torchrun/DDP ranks, AMP dtype, channels_last, compile.
 
 Every "auto" in config.json is resolved here, once, into a :class:`Runtime` that train.py prints
-and saves; nothing else in the code looks at the hardware.
+and saves; nothing else in the code looks at the hardware. On CUDA "auto" means bf16 (fp16 where
+bf16 is missing), channels_last and compile. On CPU, given a ``probe`` (train.py passes
+:func:`model.training.probe.probe_step`), amp and channels_last are what a short timing of the real
+step found fastest, and compile is decided by :func:`decide_compile` once the run's length is known;
+without one (or with ``VAE_NO_PROBE=1``) by the CPU-flag rule below. ``Runtime.note`` says which.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from pipeline.errors import ConfigError
+
+PROBE_OFF_ENV = "VAE_NO_PROBE"  # "1": no probe of the step; CPU "auto" follows the CPU-flag rule
 
 
 @dataclass
@@ -28,6 +34,9 @@ class Runtime:
     compile: bool
     sync_batchnorm: bool
     compile_mode: str = "default"  # torch.compile mode when compile is on (config key compile_mode)
+    chosen_by: dict[str, str] = field(default_factory=dict)  # each "auto" setting → what decided it
+    note: str = ""  # one line for the run header: how the "auto" settings were decided
+    probe: Any = None  # model.training.probe.ProbeResult when a probe of the step decided
 
     @property
     def is_main(self) -> bool:
@@ -61,11 +70,11 @@ class Runtime:
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
         d["device"] = str(self.device)
-        d["device_name"] = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else _cpu_name()
+        d["device_name"] = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()
         return d
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -77,13 +86,25 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+#: CPU flags that decide how fast a step can be (vector width, native bf16).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`SPEED_FLAGS` this CPU has (from /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in SPEED_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 def launch_rank() -> int:
@@ -118,37 +139,91 @@ def shutdown_distributed() -> None:
 
 
 def resolve_runtime(cfg: dict[str, Any], rank: int = 0, local_rank: int = 0, world_size: int = 1,
-                    device: str | torch.device | None = None) -> Runtime:
-    """Turn the config's "auto" values into concrete choices for this machine."""
+                    device: str | torch.device | None = None, *,
+                    probe: Callable[[dict[str, Any]], Any] | None = None) -> Runtime:
+    """Turn the config's "auto" values into concrete choices for this machine.
+
+    ``probe(cfg)``, when given, times the step on CPU (:func:`model.training.probe.probe_step`); it runs on
+    rank 0 only and every rank takes its answer. Compile "auto" on CPU is then left off until
+    :func:`decide_compile` knows the run's length."""
     if device is None:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(device)
     cuda = device.type == "cuda"
+    auto = [k for k in ("amp", "channels_last", "compile") if cfg[k] == "auto"]
 
     amp = cfg["amp"]
-    if amp == "auto":
+    if amp == "fp16" and not cuda:
+        raise ConfigError("amp 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
+    elif amp == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU does not support bf16; use amp 'fp16' (with GradScaler) or 'auto'")
+    elif amp == "auto":
         if cuda:
             amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             # Measured here (AVX512-BF16 CPU, batch 64): bf16 autocast + channels_last is 2.2× fp32 eager.
             amp = "bf16" if cpu_has_native_bf16() else "off"
-    elif amp == "fp16" and not cuda:
-        raise ConfigError("amp 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
-    elif amp == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ConfigError("this GPU does not support bf16; use amp 'fp16' (with GradScaler) or 'auto'")
 
     channels_last = cfg["channels_last"]
     if channels_last == "auto":
-        # NHWC feeds tensor cores / oneDNN's bf16 convolutions directly; in fp32 on CPU it does not pay.
+        # NHWC feeds tensor cores / oneDNN's bf16 convolutions directly (the probe decides fp32 on CPU).
         channels_last = cuda or amp != "off"
 
     compile_ = cfg["compile"]
     if compile_ == "auto":
-        # On CPU the default run is too short for compile time to pay back (see README: measured trade-off).
+        # On CPU: off unless decide_compile finds the run long enough to pay back the compile time.
         compile_ = cuda
 
     sync_bn = bool(cfg["sync_batchnorm"])
     if sync_bn and world_size > 1 and not cuda:
         raise ConfigError("sync_batchnorm needs CUDA (torch's SyncBatchNorm has no CPU kernel); set it to false")
+
+    how = "CUDA" if cuda else "CPU flags"
+    chosen_by, result = dict.fromkeys(auto, how), None
+    probe_off = os.environ.get(PROBE_OFF_ENV, "") not in ("", "0")
+    # With amp bf16 fixed, channels_last goes with it: nothing to time unless compile needs a step time.
+    if not cuda and auto and probe is not None and not probe_off and (cfg["amp"] != "bf16" or "compile" in auto):
+        result = from_rank0(lambda: probe(cfg), rank, world_size)
+        amp = result.amp if cfg["amp"] == "auto" else amp  # a value fixed in the config always stands
+        channels_last = result.channels_last if cfg["channels_last"] == "auto" else channels_last
+        chosen_by = {k: "run length" if k == "compile" else "probe" for k in auto}
+        note = result.describe()
+    elif auto:
+        off = f" (probe off: {PROBE_OFF_ENV}=1)" if probe is not None and not cuda and probe_off else ""
+        values = {"amp": amp, "channels_last": channels_last, "compile": compile_}
+        note = f"auto by {how}{off}: " + ", ".join(f"{k} {_shown(values[k])}" for k in auto)
+    else:
+        note = ""
     return Runtime(device, rank, local_rank, world_size, amp, bool(channels_last), bool(compile_),
-                   sync_bn and world_size > 1, cfg["compile_mode"])
+                   sync_bn and world_size > 1, cfg["compile_mode"], chosen_by, note, result)
+
+
+def decide_compile(rt: Runtime, planned_steps: int) -> Runtime:
+    """``rt`` with compile "auto" decided by the probe's numbers for a run of ``planned_steps`` more steps
+    (every rank holds rank 0's probe and the same step count, so all decide alike); unchanged otherwise."""
+    if rt.chosen_by.get("compile") != "run length" or rt.probe is None:
+        return rt
+    on, why = rt.probe.compile_verdict(planned_steps)
+    return replace(rt, compile=on, note=f"{rt.note}; {why}")
+
+
+def _shown(value: Any) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def from_rank0(make: Callable[[], Any], rank: int, world_size: int) -> Any:
+    """``make()`` on rank 0, its value (or its exception) on every rank: one object broadcast."""
+    if world_size <= 1:
+        return make()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box[0] = make()
+        except Exception as err:  # every rank raises it, instead of the others waiting for a value
+            box[0] = err
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
