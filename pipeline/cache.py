@@ -47,6 +47,8 @@ _ORDER_TAG, _FLIP_TAG = 0xCAC4E, 0xF11F
 # Bytes promised to caches that exist but have not allocated yet, per memory ("host" or a CUDA
 # device): loaders opened one after another (train, then val) must not each count the same free memory.
 _promised: dict[str, int] = {}
+# Memories an "auto" cache has been announced in (the notice says it once per process).
+_announced: set[str] = set()
 
 
 def cache_bytes(plan: EpochPlan, size: int) -> int:
@@ -105,9 +107,10 @@ def choose_cache(cache: str, device: torch.device, split: str, plan: EpochPlan, 
         budget = SHARES[where] * free - _promised.get(_memory_key(where, device), 0)
         memory = "GPU memory" if where == "device" else "host memory"
         if need <= budget:
-            if cache == "auto":
-                _notice(plan, f"split {split!r} is decoded once and then read from {memory} "
-                              f"({_size(need)}: {plan.part:,} images, {_size(free)} free)")
+            if cache == "auto" and where not in _announced:  # once per process: train, val and test alike
+                _announced.add(where)
+                _notice(plan, f"decoded images are kept in {memory} after their first epoch (split {split!r}: "
+                              f"{_size(need)} for {plan.part:,} images, {_size(free)} free)")
             return where
         refusals.append(f"{_size(need)} for {plan.part:,} images is more than {SHARES[where]:.0%} of the "
                         f"{_size(free)} of {memory} still free")

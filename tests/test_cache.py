@@ -127,6 +127,7 @@ def free_memory(monkeypatch):
     free = {"host": 10**12}
     monkeypatch.setattr(cache_mod, "free_bytes", lambda where, device: free[where])
     monkeypatch.setattr(cache_mod, "_promised", {})
+    monkeypatch.setattr(cache_mod, "_announced", set())
     return free
 
 
@@ -134,7 +135,9 @@ def test_auto_caches_when_it_fits_and_says_so(shards_dir, free_memory, capsys):
     ld = open_loader(shards_dir, "auto", split="val")
     assert ld.cache == "host"
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "split 'val' is decoded once and then read from host memory" in err[0]
+    assert len(err) == 1 and "decoded images are kept in host memory after their first epoch (split 'val'" in err[0]
+    assert open_loader(shards_dir, "auto", split="test").cache == "host"
+    assert capsys.readouterr().err == ""  # said once per process
     n = ld.num_samples
     free_memory["host"] = 2 * n * 64 * 64 * 3 - 1  # just under twice the need: the share is half
     ld = open_loader(shards_dir, "auto", split="val")

@@ -276,3 +276,21 @@ def test_real_pilot_gives_a_ratio():
 
     ratio = StepTimer({}, "torch").pilot()
     assert 0 < ratio < float("inf")
+
+
+def test_train_py_runs_with_the_probes_choice_and_reports_it(cache, monkeypatch, shards_dir, tmp_path, capsys):
+    import train
+    from tests.test_train import SMALL
+
+    timer = FakeTimer({FP32: 0.5, CL: 0.1}, pilot=15.0)  # channels_last 5× faster: the probe must pick it
+    monkeypatch.setattr(train, "probe_step", lambda cfg: probe_step(cfg, timer=timer, impl="torch"))
+    fixed = [a for i, a in enumerate(SMALL) if "--compile" not in SMALL[max(0, i - 1):i + 1]]  # compile stays "auto"
+    out = tmp_path / "run"
+    assert train.main([*fixed, "--data", str(shards_dir), "--out", str(out), "--epochs", "1", "--stop_at_step", "2",
+                       "--amp", "auto", "--channels_last", "auto"]) == 0
+    header = " ".join(capsys.readouterr().out.split())
+    assert "channels_last True" in header and "auto: probe" in header
+    runtime = json.loads((out / "summary.json").read_text())["runtime"]
+    assert runtime["channels_last"] is True and runtime["chosen_by"]["channels_last"] == "probe"
+    assert runtime["compile"] is False and "compile off (2 steps" in runtime["note"]  # far too short to repay it
+    assert timer.steps[CL] >= 1
