@@ -150,7 +150,7 @@ class CachedLoader(LoaderBase):
         self.backend = source.backend
         self.cache = where
         self._source = source
-        self._memory = "cpu" if where == "host" else self.device
+        self._memory = torch.device("cpu") if where == "host" else self.device
         self._images: torch.Tensor | None = None
         self._keys = [s.key for s in part_samples(epoch_shard_order(self.split, self._seed, 0, self._shuffle),
                                                   self.plan.start, self.plan.end)]
@@ -238,7 +238,8 @@ class CachedLoader(LoaderBase):
             if store is not None:
                 try:
                     rows = torch.tensor([self._position[k] for k in keys], device=self._memory)
-                    store[rows] = images.to(self._memory, non_blocking=True)
+                    # non_blocking only towards the GPU: a GPU → host copy must be complete before it is stored
+                    store[rows] = images.to(self._memory, non_blocking=self._memory.type == "cuda")
                     stored += len(keys)
                 except (RuntimeError, MemoryError) as err:
                     if not _is_oom(err):
