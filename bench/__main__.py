@@ -61,13 +61,21 @@ def summarize(docs: dict[str, dict[str, Any]], on_gpu: bool) -> list[dict[str, A
 
     inp = docs.get("input", {}).get("results")
     if inp:
-        eff = inp["input_efficiency"]
-        add("input efficiency (loader-fed ÷ resident)", round(eff, 3), "≥ 0.95", eff >= 0.95)
+        eff = inp["input_efficiency"]  # the last epoch's: with a cache, a cached one
+        cached = inp.get("epochs", [{}])[-1].get("reads") == "cache"
+        if cached:
+            first = inp["first_epoch_input_efficiency"]
+            add("input efficiency, first epoch (decode + fill)", round(first, 3), "≥ 0.95", first >= 0.95)
+            add("input efficiency, cached epochs", round(eff, 3), "≥ 0.98", eff >= 0.98)
+        else:
+            add("input efficiency (loader-fed ÷ resident)", round(eff, 3), "≥ 0.95", eff >= 0.95)
         util = inp["gpu_util_mean_pct"]
         add("GPU utilization, mean %", util, "≥ 90 %", None if util is None else util >= 90)
         sec = inp["celeba_epoch_seconds"]
         how = "measured" if inp["celeba_epoch_measured"] else "scaled from a smaller split"
-        add(f"CelebA train epoch (162,770 images), s ({how})", round(sec, 1), "< 10 s", sec < 10)
+        limit = 3 if cached else 10
+        add(f"CelebA train epoch{', cached' if cached else ''} (162,770 images), s ({how})", round(sec, 1),
+            f"< {limit} s", sec < limit)
     prof = docs.get("profile", {}).get("results")
     if prof:
         gpu = prof.get("gpu")

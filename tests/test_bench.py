@@ -55,6 +55,13 @@ def test_summary_judges_targets_only_on_gpu():
     assert met["CelebA train epoch (162,770 images), s (measured)"] is True
     assert met["compile bf16 vs eager fp32@B256"] is False
     assert all(r["met"] is None for r in summarize(docs, on_gpu=False))
+    # with the cache: the first (decoding) epoch and the cached ones are judged apart, the epoch time on the latter
+    docs["input"]["results"].update(first_epoch_input_efficiency=0.96, epochs=[{"reads": "decode + fill"},
+                                                                                {"reads": "cache"}])
+    met = {r["measure"]: r["met"] for r in summarize(docs, on_gpu=True)}
+    assert met["input efficiency, first epoch (decode + fill)"] is True
+    assert met["input efficiency, cached epochs"] is False  # 0.97 < 0.98
+    assert met["CelebA train epoch, cached (162,770 images), s (measured)"] is False  # 8 s ≥ 3 s
 
 
 @pytest.mark.slow
