@@ -95,7 +95,8 @@ def test_short_run_writes_every_artifact(full_run, shards_dir):
 
 @pytest.mark.slow
 def test_resume_continues_exactly(full_run, shards_dir, tmp_path):
-    """Interrupted mid-epoch, resumed, interrupted at an epoch end, resumed: same curve and weights."""
+    """Interrupted mid-epoch, resumed, interrupted at an epoch end, resumed, interrupted mid-epoch again (in an epoch
+    the decoded-image cache serves, which a new process must fill first), resumed: same curve and weights."""
     out = tmp_path / "resumed"
     spe = steps_per_epoch(shards_dir, 16)
     common = ["--data", shards_dir, "--out", out, *SMALL]
@@ -104,6 +105,9 @@ def test_resume_continues_exactly(full_run, shards_dir, tmp_path):
     run_train("--out", out, "--resume", "--stop_at_step", spe)  # the rest of the config comes from the checkpoint
     ck = torch.load(out / "checkpoints/last.pt", weights_only=False)
     assert (ck["epoch"], ck["batch_in_epoch"]) == (1, 0)
+    run_train("--out", out, "--resume", "--stop_at_step", spe + 2)
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=False)
+    assert (ck["epoch"], ck["batch_in_epoch"]) == (1, 2) and ck["config"]["cache"] == "auto"
     run_train("--out", out, "--resume", "--stop_at_step", "null")
 
     def curve(run: Path) -> list[tuple]:
