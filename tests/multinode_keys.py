@@ -4,7 +4,8 @@
 
 Joins the job's process group the way train.py does (``model.training.runtime.init_distributed``),
 reads one shuffled epoch of the train and val splits with keys through ``pipeline.make_loader``
-(webdataset and, when it imports, DALI on CPU; last batch kept), and writes what it read to
+(webdataset, the same with the decoded-image cache serving epoch 1, and, when it imports, DALI on CPU;
+last batch kept), and writes what it read to
 ``OUT/rank{R}.json`` together with what torchrun told it (its node's rank, its local rank). Then,
 when TRAIN_ARGs follow, it runs the real train.py in this same process with them (train.py reuses
 the process group already joined), so one two-agent launch checks both; its exit code is the
@@ -28,17 +29,22 @@ BATCH = 7  # not a divisor of any part: the short last batch must be read too
 def read_keys(shards: str) -> dict[str, dict[str, list[str]]]:
     from pipeline.loader import dali_import_error, make_loader
 
-    backends = {"webdataset": 0}  # decode in this process: no worker start-up
+    # name → (backend, threads, cache); "+cache" reads epoch 1, served by the decoded-image cache
+    readers = {"webdataset": ("webdataset", 0, "none"),  # decode in this process: no worker start-up
+               "webdataset+cache": ("webdataset", 0, "host")}
     if dali_import_error() is None:
-        backends["dali-cpu"] = 1
+        readers["dali-cpu"] = ("dali-cpu", 1, "none")
     out: dict[str, dict[str, list[str]]] = {}
-    for backend, threads in backends.items():
-        out[backend] = {}
+    for name, (backend, threads, cache) in readers.items():
+        out[name] = {}
         for split in SPLITS:
             loader = make_loader(shards, split, BATCH, device="cpu", backend=backend, with_keys=True, drop_last=False,
-                                 shuffle=True, size=16, num_threads=threads)
+                                 shuffle=True, size=16, num_threads=threads, cache=cache)
             try:
-                out[backend][split] = [key for _, keys in loader for key in keys]
+                if cache != "none":
+                    for _ in loader:  # epoch 0 fills it
+                        pass
+                out[name][split] = [key for _, keys in loader for key in keys]
             finally:
                 loader.close()
     return out
