@@ -11,7 +11,7 @@
     use/          those commands: checkpoint loading, faces in through ``pipeline``, latent
                   arithmetic, attribute directions, pictures and files written whole
     training/     the trainer's helpers, used by train.py: config, runtime (device, DDP, AMP,
-                  compile), data (shards → loaders), build (model on the device, DDP, compile),
+                  compile), probe (CPU "auto" by timing the step), data (shards → loaders), build (model on the device, DDP, compile),
                   train_step, schedules, evaluate, checkpoint, metrics_log, progress, artifacts (pictures),
                   gpu_util (NVML sampler), peak (measured matmul peak, the MFU denominator),
                   signals (Ctrl-C/SIGTERM: checkpoint the step, agree across ranks), run_lock

@@ -8,16 +8,17 @@ Where things are:
     celeba.py            CelebA as distributed (folder or zip, partition and attribute lists)
     image_folder.py      any folder of JPEG/PNG/WebP faces: listing, split by path hash, shard keys
     synthetic/           procedurally drawn faces in CelebA's layout (the embedded default)
-    preshard/            CelebA → validated WebDataset tars + DALI index files + manifest.json
+    preshard/            CelebA or a folder → validated WebDataset tars + DALI index files + manifest.json
     wds_index.py         DALI's index format (write, parse)
     shards.py            reading the manifest and index files of one split
     epoch.py             rank parts, batches per epoch, per-epoch shuffle order and seeds
     transforms.py        the crop + resize contract in PIL
     images.py            image files (JPEG/PNG) prepared the loader's way, for `python -m model`
-    loader.py            ``make_loader``: checks its arguments and picks a backend
+    loader.py            ``make_loader``: checks its arguments, picks a backend and a cache
     loader_base.py       what every backend shares (settings, epoch plan, batch hand-over)
     dali_pipeline.py     the DALI graph; dali_loader.py its loader; dali_errors.py its errors explained
     webdataset_loader.py webdataset + PIL + DataLoader workers, for machines without DALI
+    cache.py             the decoded-image cache: epoch 0 decodes and keeps, later epochs permute
 
 Heavy imports (torch, DALI) happen lazily so that ``python -m pipeline.preshard`` and
 ``python -m pipeline.synthetic`` start fast and need neither. Nothing here imports ``kernels``,
