@@ -274,7 +274,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     # The diagnosing evaluation (model/evaluation): PSNR, SSIM, IWAE bits/dim, active units, blur, regions,
     # attributes, diversity; light settings from config, all ranks reading, rank 0 writing evaluation.{json,png}.
     evaluation = evaluate_model(raw, test_loader, rt, shards=shards, split="test", out_dir=run_dir,
-                                settings=eval_settings(cfg, test.metrics["count"]), total=test.metrics["count"],
+                                settings=eval_settings(cfg, test.metrics["count"], loss_fn.decoder_log_sigma()), total=test.metrics["count"],
                                 console=console, source={"step": step, "data": str(shards)})
     tb.evaluation(step, evaluation or {})
     test_loader.close()

@@ -156,7 +156,29 @@ def test_cli_writes_the_evaluation_and_prints_the_table(checkpoint, tmp_path, ca
     ev = json.loads((folder / "evaluation.json").read_text())
     assert ev["step"] == 7 and ev["checkpoint"] == str(checkpoint) and ev["iwae_k"] == 4
     assert ev["fid"] is None and "--fid" in ev["fid_note"]
+    assert ev["likelihood"] == "Gaussian decoder, σ² = ½ (the SSE loss's)" and ev["settings"]["decoder_log_sigma"] is None
     assert "bits / dim" in out and "active units" in out and (folder / "failure_modes.png").is_file()
+
+
+def test_cli_scores_a_sigma_vae_under_its_learned_sigma(checkpoint, tmp_path):
+    """A σ-VAE checkpoint keeps its learned σ (extra "objective"): its IWAE bound is taken under that σ."""
+    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt["objective"] = {"log_sigma": torch.tensor(math.log(0.2))}
+    learned = tmp_path / "sigma" / "best.pt"
+    learned.parent.mkdir()
+    torch.save(ckpt, learned)
+    docs = {}
+    for name, path in (("fixed", checkpoint), ("learned", learned)):
+        out = tmp_path / name
+        assert model_main(["evaluate", "--checkpoint", str(path), "--k", "2", "--iwae-images", "4", "--samples",
+                           "2", "--worst", "1", "--backend", "webdataset", "--out", str(out)]) == 0
+        docs[name] = json.loads((out / "evaluation.json").read_text())
+    fixed, ev = docs["fixed"], docs["learned"]
+    assert ev["likelihood"] == "Gaussian decoder, learned σ = 0.2000"
+    assert ev["settings"]["decoder_log_sigma"] == pytest.approx(math.log(0.2))
+    # the same weights and images; only the likelihood the bound is taken under changed (its formula is checked
+    # against torch.distributions in test_metrics_likelihood.py)
+    assert ev["mse_per_pixel"] == pytest.approx(fixed["mse_per_pixel"]) and ev["nll_iwae"] != fixed["nll_iwae"]
 
 
 @pytest.mark.parametrize("args, expect", [

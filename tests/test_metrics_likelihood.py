@@ -34,6 +34,15 @@ def test_gaussian_log_likelihood_is_normal_with_variance_one_half():
     torch.testing.assert_close(gaussian_log_likelihood(x, x), torch.full((4,), normaliser, dtype=F64))
 
 
+@pytest.mark.parametrize("sigma", [0.05, math.sqrt(0.5), 2.0])
+def test_gaussian_log_likelihood_with_a_learned_sigma(sigma):
+    gen = torch.Generator().manual_seed(1)
+    mean, x = torch.rand(3, 3, 4, 4, generator=gen), torch.rand(3, 3, 4, 4, generator=gen)
+    got = gaussian_log_likelihood(mean, x, math.log(sigma))
+    want = Normal(mean.double(), sigma).log_prob(x.double()).flatten(1).sum(1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-9)
+
+
 # --- IWAE on a small non-linear decoder ------------------------------------------------------------
 
 def _sigmoid_model(n: int = 32, seed: int = 0):
@@ -102,8 +111,9 @@ def test_iwae_bound_tightens_as_k_grows():
 
 # --- the closed-form model --------------------------------------------------------------------------
 
-def _linear_gaussian(n: int = 8, seed: int = 0):
-    """x ∈ [0,1]^{1×2×3}, the decoder, exact log p(x) and the exact posterior's (mu, logvar)."""
+def _linear_gaussian(n: int = 8, seed: int = 0, sigma2: float = 0.5):
+    """x ∈ [0,1]^{1×2×3}, the decoder, exact log p(x) and the exact posterior's (mu, logvar), for a decoder
+    noise of variance ``sigma2``."""
     gen = torch.Generator().manual_seed(seed)
     d, latent = 6, 2
     q, _ = torch.linalg.qr(torch.randn(d, latent, generator=gen, dtype=F64))
@@ -114,10 +124,10 @@ def _linear_gaussian(n: int = 8, seed: int = 0):
         return (z @ w.T + b).view(-1, 1, 2, 3)
 
     x = torch.rand(n, 1, 2, 3, generator=gen, dtype=F64)
-    log_px = MultivariateNormal(b, w @ w.T + 0.5 * torch.eye(d, dtype=F64)).log_prob(x.flatten(1))
-    cov = torch.linalg.inv(torch.eye(latent, dtype=F64) + 2 * w.T @ w)
+    log_px = MultivariateNormal(b, w @ w.T + sigma2 * torch.eye(d, dtype=F64)).log_prob(x.flatten(1))
+    cov = torch.linalg.inv(torch.eye(latent, dtype=F64) + w.T @ w / sigma2)
     assert cov[0, 1].abs() < 1e-12  # the exact posterior is a diagonal Gaussian
-    mu = 2 * (x.flatten(1) - b) @ w @ cov  # (Σ·2Wᵀ(x − b))ᵀ, Σ symmetric
+    mu = (x.flatten(1) - b) @ w @ cov / sigma2  # (Σ·Wᵀ(x − b)/σ²)ᵀ, Σ symmetric
     logvar = cov.diagonal().log().expand(n, latent)
     return x, decode, log_px, mu, logvar
 
@@ -130,6 +140,18 @@ def test_exact_posterior_gives_the_exact_log_likelihood(k):
     torch.testing.assert_close(log_w, log_px[:, None].expand(-1, k), rtol=0, atol=1e-6)
     torch.testing.assert_close(-iwae_nll(log_w), log_px, rtol=0, atol=1e-6)
     torch.testing.assert_close(-elbo_nll(log_w), log_px, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sigma2", [0.05, 2.0])
+def test_exact_posterior_gives_the_exact_log_likelihood_under_a_learned_sigma(sigma2):
+    """The same with the σ-VAE's decoder noise: the bound is taken under the σ the model learned."""
+    x, decode, log_px, mu, logvar = _linear_gaussian(sigma2=sigma2)
+    log_w = iwae_log_weights(x, mu, logvar, decode, 7, generator=torch.Generator().manual_seed(5),
+                             log_sigma=0.5 * math.log(sigma2))
+    torch.testing.assert_close(-iwae_nll(log_w), log_px, rtol=0, atol=1e-6)
+    # scored under the SSE loss's σ² = ½ instead, the same model gets another (wrong) log-likelihood
+    wrong = iwae_log_weights(x, mu, logvar, decode, 7, generator=torch.Generator().manual_seed(5))
+    assert (-iwae_nll(wrong) - log_px).abs().min() > 0.1
 
 
 def test_wrong_posterior_gap_closes_with_k():

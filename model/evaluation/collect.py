@@ -110,7 +110,8 @@ def collect(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[s
                     with rt.autocast():
                         return model.decode(z.float())
 
-                log_ws.append(iwae_log_weights(x[:n], mu[:n], logvar[:n], decode, settings.iwae_k, generator=gen).cpu())
+                log_ws.append(iwae_log_weights(x[:n], mu[:n], logvar[:n], decode, settings.iwae_k, generator=gen,
+                                               log_sigma=settings.decoder_log_sigma).cpu())
                 iwae_left -= n
             keys_seen += list(keys)
             if progress is not None:

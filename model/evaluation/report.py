@@ -20,7 +20,8 @@ def evaluation_table(ev: dict[str, Any], *, title: str | None = None):
     row("SSIM", ev["ssim"], ".4f", "Wang et al. 2004, 11×11 Gaussian σ 1.5")
     row("ELBO (β = 1)", ev["elbo"], ",.1f", "−(SSE + KL) per image, as the trainer logs it")
     row("−log p(x) IWAE (nats)", ev["nll_iwae"], ",.1f",
-        f"K = {ev['iwae_k']}, {ev['iwae_images']} images; ELBO's: {_fmt(ev.get('nll_elbo'), ',.1f')}")
+        f"K = {ev['iwae_k']}, {ev['iwae_images']} images; ELBO's: {_fmt(ev.get('nll_elbo'), ',.1f')}; "
+        f"{ev.get('likelihood', '')}")
     row("bits / dim", ev["bits_per_dim"], ".4f", "IWAE bound on the 8-bit scale")
     row("active units", ev["active_units"], "d", f"of {ev['latent_dim']} (Cov_x E(z_u) > {ev['active_threshold']})")
     row("sharpness ratio", ev["sharpness_ratio"], ".3f", "high-freq. energy kept (1 = as sharp as the input): blur")

@@ -20,6 +20,9 @@ class EvalSettings:
     batch_size: int = 256
     fid: bool = False  # FID through pytorch-fid (needs the package and its Inception weights)
     seed: int = 0
+    # The decoder's learned log σ (a σ-VAE checkpoint): the likelihood the IWAE bound is taken under.
+    # None: σ² = ½, the likelihood the seed's SSE loss implies (and the one scored for optimal-σ runs too).
+    decoder_log_sigma: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,8 +59,9 @@ FULL = EvalSettings()
 LIGHT = EvalSettings(iwae_k=16, iwae_images=128, samples=256, worst=6)
 
 
-def eval_settings(cfg: dict, split_count: int) -> EvalSettings:
+def eval_settings(cfg: dict, split_count: int, decoder_log_sigma: float | None = None) -> EvalSettings:
     """The LIGHT evaluation a training run ends with, sized by the config's ``eval_*`` keys."""
     return replace(LIGHT, iwae_k=cfg["eval_iwae_k"], iwae_images=cfg["eval_iwae_images"], samples=cfg["eval_samples"],
-                   worst=cfg["n_failures"], batch_size=cfg["eval_batch_size"], seed=cfg["seed"]).check(split_count)
+                   worst=cfg["n_failures"], batch_size=cfg["eval_batch_size"], seed=cfg["seed"],
+                   decoder_log_sigma=decoder_log_sigma).check(split_count)
 

@@ -38,6 +38,9 @@ def summarize(c: Collected, settings: EvalSettings, *, samples: torch.Tensor | N
         "kl": mean("kl"),
     }
     out.update(_likelihood(c.iwae_log_w, c.pixels, settings.iwae_k))
+    log_sigma = settings.decoder_log_sigma
+    out["likelihood"] = ("Gaussian decoder, σ² = ½ (the SSE loss's)" if log_sigma is None
+                         else f"Gaussian decoder, learned σ = {math.exp(log_sigma):.4f}")
     out.update({
         "active_units": c.latent.active_units,
         "latent_dim": int(c.latent.kl_per_dim.numel()),

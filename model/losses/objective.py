@@ -96,6 +96,10 @@ class Objective(nn.Module):
         """What a checkpoint keeps (the learned σ; the frozen VGG is read from its own file)."""
         return {"log_sigma": self.log_sigma.detach().cpu()} if self.log_sigma is not None else {}
 
+    def decoder_log_sigma(self) -> float | None:
+        """The learned log σ, for the evaluation's likelihood (None: no σ is learned, σ² = ½ is the SSE's)."""
+        return float(self.log_sigma.detach()) if self.log_sigma is not None else None
+
     def load_state(self, state: dict[str, torch.Tensor] | None) -> None:
         if self.log_sigma is not None and state and "log_sigma" in state:
             with torch.no_grad():

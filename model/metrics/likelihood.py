@@ -20,11 +20,14 @@ import torch
 LOG_2PI = math.log(2 * math.pi)
 
 
-def gaussian_log_likelihood(mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(x|z) per image for the decoder mean ``mean`` (N×…), σ² = ½: −SSE − (D/2)·log π."""
+def gaussian_log_likelihood(mean: torch.Tensor, x: torch.Tensor, log_sigma: float | None = None) -> torch.Tensor:
+    """log p(x|z) per image for the decoder mean ``mean`` (N×…): with σ² = ½ (``log_sigma`` None, the SSE
+    loss's) −SSE − (D/2)·log π; with a learned σ (the σ-VAE's) −SSE/(2σ²) − D·log σ − (D/2)·log 2π."""
     d = x[0].numel()
     sse = (x.double() - mean.double()).pow(2).flatten(1).sum(1)
-    return -sse - 0.5 * d * math.log(math.pi)
+    if log_sigma is None:
+        return -sse - 0.5 * d * math.log(math.pi)
+    return -sse * (0.5 * math.exp(-2 * log_sigma)) - d * log_sigma - 0.5 * d * LOG_2PI
 
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -34,8 +37,10 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch
 
 def iwae_log_weights(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                      decode: Callable[[torch.Tensor], torch.Tensor], k: int, *,
-                     generator: torch.Generator | None = None, chunk: int = 4096) -> torch.Tensor:
-    """log w for K posterior samples per image: [B, K] in fp64.
+                     generator: torch.Generator | None = None, chunk: int = 4096,
+                     log_sigma: float | None = None) -> torch.Tensor:
+    """log w for K posterior samples per image: [B, K] in fp64, under the decoder σ of ``log_sigma``
+    (None: σ² = ½; see :func:`gaussian_log_likelihood`).
 
     ``decode`` maps latents [N, L] to decoder means shaped like ``x`` ([N, C, H, W] in [0, 1]); it is
     called on at most ``chunk`` latents at a time, so memory does not grow with K.
@@ -52,7 +57,7 @@ def iwae_log_weights(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
     flat_x = x[:, None].expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
     log_px = torch.cat([
         gaussian_log_likelihood(decode(flat_z[i:i + chunk].to(x.dtype if x.is_floating_point() else torch.float32)),
-                                flat_x[i:i + chunk])
+                                flat_x[i:i + chunk], log_sigma)
         for i in range(0, b * k, chunk)
     ]).reshape(b, k)
     return log_px + log_prior - log_q

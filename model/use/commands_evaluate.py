@@ -47,7 +47,8 @@ def evaluate(args: argparse.Namespace, trained: Trained, console: Console) -> in
     asked = {field: getattr(args, opt) for opt, field in OPTIONS.items() if getattr(args, opt) is not None}
     shards = args.data or trained.default_shards()
     total = read_split(shards, args.split).count
-    settings = replace(FULL, **asked, fid=args.fid).check(total, explicit=frozenset(asked))
+    settings = replace(FULL, **asked, fid=args.fid, decoder_log_sigma=trained.decoder_log_sigma).check(
+        total, explicit=frozenset(asked))
     out = Path(args.out) if args.out else trained.run_dir / "evaluation"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; name a folder")

@@ -45,6 +45,7 @@ class Trained:
     epoch: int
     best_val_elbo: float | None
     fingerprint: str  # of the weights: ties attribute directions to the checkpoint they came from
+    decoder_log_sigma: float | None = None  # a σ-VAE's learned log σ (None: σ² = ½, the SSE loss's)
 
     @property
     def run_dir(self) -> Path:
@@ -144,8 +145,10 @@ def load_trained(path: str | Path, device: str | torch.device | None = None, tru
         raise ConfigError(f"checkpoint {path} has an unusable model config: {err}") from None
     load_model_state(model, ckpt["model"], path)
     model.to(dev).eval()
+    log_sigma = (ckpt.get("objective") or {}).get("log_sigma")
     return Trained(model, dict(cfg), Path(path), dev, int(ckpt.get("step", 0)), int(ckpt.get("epoch", 0)),
-                   ckpt.get("best_val_elbo"), weights_fingerprint(ckpt["model"]))
+                   ckpt.get("best_val_elbo"), weights_fingerprint(ckpt["model"]),
+                   None if log_sigma is None else float(log_sigma))
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
