@@ -134,6 +134,12 @@ def _size(n: float) -> str:
     raise AssertionError
 
 
+def _padded(images: torch.Tensor, keys: list[str], bs: int) -> tuple[torch.Tensor, list[str]]:
+    """A short batch filled up to ``bs`` by repeating its last sample (the "pad" policy)."""
+    fill = bs - len(keys)
+    return torch.cat([images, images[-1:].expand(fill, *images.shape[1:])]), keys + [keys[-1]] * fill
+
+
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
 
@@ -188,17 +194,20 @@ class CachedLoader(LoaderBase):
         """Epoch ``epoch`` as the backend reads it, filling the cache on the way when ``keep``."""
         bs, want, policy = self.plan.batch_size, self.plan.num_batches, self.plan.policy
         flips = self._flips(epoch)
-        done = 0
+        done, last = 0, None
         for images, keys in self._source_pass(epoch, keep):
             if done == want:
                 continue  # "drop" leaves the part's last samples out of the epoch, not out of the cache
             if len(keys) < bs and policy == "pad":
-                fill = bs - len(keys)
-                images = torch.cat([images, images[-1:].expand(fill, *images.shape[1:])])
-                keys = keys + [keys[-1]] * fill
+                images, keys = _padded(images, keys, bs)
             elif len(keys) < bs and policy == "drop":
                 continue
+            last = (images[-1:], keys[-1:])
             yield self._hand_over(images, keys, flips, done * bs)
+            done += 1
+        while policy == "pad" and done < want and last is not None:
+            # a part one sample shorter than the longest has one batch less: padding alone evens the count
+            yield self._hand_over(*_padded(*last, bs), flips, done * bs)
             done += 1
         if done < want:
             raise self._short_epoch(done)
