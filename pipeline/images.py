@@ -40,21 +40,12 @@ def read_image_file(path: str | os.PathLike, crop: int | None = 148, size: int =
 
 
 def _upright(data: bytes) -> bytes:
-    """A photo whose EXIF orientation says "rotated" as the PNG of its upright pixels: preshard --images stores
-    such files upright (DALI rotates by EXIF, PIL does not), so a file and its shard sample give the same face."""
-    import io
+    """The bytes ``preshard --images`` would store for this file (a rotated, CMYK or 16-bit photo as the PNG of
+    its upright RGB pixels: DALI rotates by EXIF, PIL does not), so a file and its shard sample give the same face."""
+    from .preshard.validate import prepare_image
 
-    from PIL import ImageOps
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.getexif().get(0x0112, 1) == 1:  # 0x0112: EXIF Orientation; 1 = upright
-                return data
-            out = io.BytesIO()
-            ImageOps.exif_transpose(img).convert("RGB").save(out, format="PNG")
-            return out.getvalue()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return data  # _decode reports what is wrong with it
+    stored, _ = prepare_image(data)
+    return data if stored is None else stored  # an undecodable file: _decode says what is wrong with it
 
 
 def read_split_images(shards: str | os.PathLike, split: str, keys: Sequence[str], crop: int | None = 148,
