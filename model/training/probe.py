@@ -41,7 +41,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from model.training.runtime import Runtime, cpu_flags, cpu_name
+from model.training.runtime import Runtime, cpu_flags, cpu_has_native_bf16, cpu_name
+from pipeline.parallel import usable_cores
 
 PROBE_VERSION = 1
 ENV_CACHE, ENV_COMPILE = "VAE_PROBE_CACHE", "VAE_PROBE_COMPILE"
@@ -134,7 +135,7 @@ def bf16_emulated() -> str | None:
     import platform
 
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return "no avx512_bf16/amx_bf16" if x86 and not {"avx512_bf16", "amx_bf16"} & set(cpu_flags()) else None
+    return "no avx512_bf16/amx_bf16" if x86 and not cpu_has_native_bf16() else None
 
 
 def run_probe(timer: Timer, amp: str, channels_last: str | bool, batch_size: int, *, no_bf16: str | None = None,
@@ -270,13 +271,6 @@ def fingerprint(cfg: dict[str, Any], impl: str) -> dict[str, Any]:
     return {"probe": PROBE_VERSION, "cpu": cpu_name(), "flags": cpu_flags(), "cores": usable_cores(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "loss_impl": impl,
             **{k: cfg.get(k) for k in keys}}
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def busy_machine() -> str:
