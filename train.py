@@ -342,7 +342,7 @@ def _write_pictures(raw: ConvVAE, cfg: dict, rt, shards: Path, run_dir: Path, fa
     raw.eval()
     gen = torch.Generator(device=rt.device).manual_seed(cfg["seed"] + 2)
     need = max(cfg["n_reconstructions"], 2)
-    loader = open_loader(cfg, rt, shards, "test", with_keys=True, whole_split=True)
+    loader = open_loader(cfg, rt, shards, "test", with_keys=True, whole_split=True, read_once=True)
     images, keys = [], []
     for x, k in loader:
         images.append(x)

@@ -63,9 +63,10 @@ def synthetic_shards(src: Path, shards: Path, n: int, seed: int = 0, console: An
 
 
 def open_loader(cfg: dict[str, Any], rt: Runtime, shards: Path, split: str, *, train: bool = False,
-                with_keys: bool = False, whole_split: bool = False):
+                with_keys: bool = False, whole_split: bool = False, read_once: bool = False):
     """``pipeline.make_loader`` with this run's settings. ``whole_split``: every sample on this process
-    (rank 0 alone, e.g. for pictures), instead of this rank's share."""
+    (rank 0 alone, e.g. for pictures), instead of this rank's share. ``read_once``: no decoded-image cache
+    (a loader read once, or only in part, would pay its fill for nothing)."""
     from pipeline.loader import make_loader
 
     rank, world = (0, 1) if whole_split else (rt.rank, rt.world_size)
@@ -75,5 +76,5 @@ def open_loader(cfg: dict[str, Any], rt: Runtime, shards: Path, split: str, *, t
         flip=bool(cfg["flip"]) and train, size=cfg["image_size"], channels_last=rt.channels_last,
         with_keys=with_keys, num_threads=cfg["num_threads"], seed=cfg["seed"], rank=rank, world_size=world,
         hw_decoder_load=cfg["hw_decoder_load"], hybrid_huffman_threshold=cfg["hybrid_huffman_threshold"],
-        cache=cfg["cache"], crop=cfg["crop"],
+        cache="none" if read_once else cfg["cache"], crop=cfg["crop"],
     )
