@@ -51,7 +51,7 @@ _promised: dict[str, int] = {}
 _announced: set[str] = set()
 
 
-def cache_bytes(plan: EpochPlan, size: int) -> int:
+def needed_bytes(plan: EpochPlan, size: int) -> int:
     """Bytes of one rank's cache: its part's images as uint8 ``size``×``size``×3."""
     return plan.part * size * size * 3
 
@@ -99,7 +99,7 @@ def choose_cache(cache: str, device: torch.device, split: str, plan: EpochPlan, 
     if cache == "device" and device.type != "cuda":
         raise ConfigError("cache 'device' keeps the images in GPU memory and needs a CUDA device; "
                           "use cache 'host' or 'auto'")
-    need = cache_bytes(plan, size)
+    need = needed_bytes(plan, size)
     candidates = [cache] if cache != "auto" else (["device", "host"] if device.type == "cuda" else ["host"])
     refusals = []
     for where in candidates:
@@ -163,7 +163,7 @@ class CachedLoader(LoaderBase):
         self._position = {key: i for i, key in enumerate(self._keys)}
         if len(self._position) != len(self._keys):
             raise DataError(f"split {self.split.split!r} holds the same key twice; {PRESHARD_HINT}")
-        self._promise = (_memory_key(where, self.device), cache_bytes(self.plan, self._size))
+        self._promise = (_memory_key(where, self.device), needed_bytes(self.plan, self._size))
         _promised[self._promise[0]] = _promised.get(self._promise[0], 0) + self._promise[1]
 
     @property
@@ -202,7 +202,7 @@ class CachedLoader(LoaderBase):
                 images, keys = _padded(images, keys, bs)
             elif len(keys) < bs and policy == "drop":
                 continue
-            last = (images[-1:], keys[-1:])
+            last = (images[-1:].clone(), keys[-1:])  # a copy: a backend may refill its buffers while draining
             yield self._hand_over(images, keys, flips, done * bs)
             done += 1
         while policy == "pad" and done < want and last is not None:
@@ -265,7 +265,7 @@ class CachedLoader(LoaderBase):
         except (RuntimeError, MemoryError) as err:
             if not _is_oom(err):
                 raise
-            return self._drop(f"out of memory allocating {_size(cache_bytes(self.plan, self._size))}")
+            return self._drop(f"out of memory allocating {_size(needed_bytes(self.plan, self._size))}")
 
     def _drop(self, why: str) -> None:
         """Give the cache up (an out-of-memory): one notice, and the loader streams from now on."""

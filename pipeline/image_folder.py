@@ -144,7 +144,6 @@ class ImageFolderSource:
 
     def describe(self) -> dict:
         return {
-            "kind": "images",
             "path": str(self.root.resolve()),
             "layout": "folder",
             "images": str(self.root),
