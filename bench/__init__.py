@@ -1,0 +1,18 @@
+"""Benchmarks: is the GPU busy, and what is holding it back? Results go to bench/RESULTS.md.
+
+Where things are:
+
+    __main__.py          ``python -m bench``: the whole suite (loader, loss, train_step, input, profile),
+                         a summary against the H100 targets, a synthetic set when no --shards is given
+    common.py            what every benchmark shares: timing, environment capture, a rich table, JSON
+    loader.py            loader throughput: images/s per decode path on preshard's shards
+    loss.py              the loss path (reparam_kl + vae_loss): eager vs compiled vs fused
+    train_step.py        train-step throughput on device-resident data, and MFU: the upper bound
+    input_efficiency.py  loader-fed vs resident steps, GPU utilization, epoch time, per cache epoch
+    profile.py           torch.profiler over real steps: Chrome trace, top kernels, GPU idle share
+    quality.py           ``python -m bench.quality``: what each next step does to blur, backgrounds, faces
+    gpu_session.sh       the GPU measurements of RESULTS.md, in steps that each fit one device call
+
+The top layer: ``bench`` uses ``model``, ``pipeline`` and ``kernels`` (and runs ``train.py`` as a program);
+nothing imports ``bench`` but its own tests (tests/test_layering.py checks it).
+"""

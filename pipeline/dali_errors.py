@@ -20,7 +20,6 @@ from .shards import IndexedSample, ShardFile, part_samples
 
 _MALFORMED_INDEX = re.compile(r'Malformed index file at "(?P<index>[^"]+)" line (?P<line>\d+)')
 _SOURCE_INFO = re.compile(r"(?P<tar>[^\s'\"]+\.tar):(?P<offset>\d+):(?P<member>[^\s'\"]+)")
-_CORRUPT_HINT = "re-run preshard (it validates every image)"
 
 
 def explain_dali_error(err: RuntimeError, order: Sequence[ShardFile], plan: EpochPlan,
@@ -42,13 +41,13 @@ def explain_dali_error(err: RuntimeError, order: Sequence[ShardFile], plan: Epoc
     found = _SOURCE_INFO.search(msg)
     if found:
         key = found["member"].split(".", 1)[0]
-        return DataError(f"corrupt JPEG {key} in {found['tar']} (offset {found['offset']}): {_CORRUPT_HINT}")
+        return DataError(f"corrupt JPEG {key} in {found['tar']} (offset {found['offset']}): {PRESHARD_HINT}")
     detail = _dali_reason(msg)
     if "decoder" in msg or "nvImageCodec" in msg or "decode" in msg.lower():
         bad = find_undecodable(part_samples(order, plan.start, plan.end), window)
         if bad is not None:
             return DataError(f"corrupt JPEG {bad.key} in {bad.shard.tar} (offset {bad.offset}; DALI: {detail}): "
-                             f"{_CORRUPT_HINT}")
+                             f"{PRESHARD_HINT}")
         return DataError(f"DALI could not decode a JPEG of split {order[0].tar.parent.name!r} ({detail}), and PIL "
                          f"decodes all of them, so the culprit is unknown; {PRESHARD_HINT}")
     return DataError(f"reading the shards of {order[0].tar.parent} failed in DALI ({detail}); {PRESHARD_HINT}")

@@ -10,5 +10,6 @@ SPLITS = ("train", "val", "test")
 #: ``format`` of manifest.json; a loader refuses any other.
 MANIFEST_FORMAT = "celeba-wds/1"
 MANIFEST = "manifest.json"
-#: What to do about shards that are missing, damaged or inconsistent with their index.
-PRESHARD_HINT = "re-run preshard (it validates every image and writes tars and index files together)"
+#: What to do about shards that are missing, damaged or inconsistent with their index: the one hint every
+#: such error ends with. A fresh --out, because preshard refuses to touch a folder whose shards changed.
+PRESHARD_HINT = "re-run preshard into a fresh --out (it validates every image and writes tars and index files together)"

@@ -234,7 +234,7 @@ def read_attributes(shards: str | os.PathLike, split: str, *, required: bool = T
             raise DataError(f"the shards in {split_shards.root} carry no attributes: they were made from a folder "
                             "of images (preshard --images), which has no attribute list")
         raise DataError(f"the shards in {split_shards.root} carry no attributes (preshard found no "
-                        "list_attr_celeba.txt beside the images); put it in the CelebA folder and re-run preshard")
+                        f"list_attr_celeba.txt beside the images); put it in the CelebA folder and {PRESHARD_HINT}")
     raw = read_members(split_shards, "cls")
     masks = []
     for key, data in raw.items():

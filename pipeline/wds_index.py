@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import DataError
+from .layout import PRESHARD_HINT
 
 INDEX_VERSION = "v1.2"
-_HINT = "; rerun `python -m pipeline.preshard` to rebuild the shards and their indexes"
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,11 @@ def read_index_header(path: str | os.PathLike) -> int:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            head = fh.readline().split()
+            # A header is short; a bounded read keeps a tar given as an index from being read whole.
+            first = fh.readline(64).decode("utf-8", errors="replace")
     except OSError as err:
-        raise DataError(f"cannot read index file {path}: {err}{_HINT}") from None
-    if len(head) != 2 or head[0] != INDEX_VERSION.encode() or not head[1].isdigit():
-        raise DataError(f"{path}:1: expected '{INDEX_VERSION} <count>', got {b' '.join(head)[:40]!r}{_HINT}")
-    return int(head[1])
+        raise DataError(f"cannot read index file {path}: {err}; {PRESHARD_HINT}") from None
+    return _header_count(first, str(path))
 
 
 def parse_index(path: str | os.PathLike) -> list[list[IndexMember]]:
@@ -74,36 +73,48 @@ def parse_index(path: str | os.PathLike) -> list[list[IndexMember]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError(f"index file {path} is missing; rerun `python -m pipeline.preshard` to rebuild the shards") from None
+        raise DataError(f"index file {path} is missing; {PRESHARD_HINT}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read index file {path}: {err}") from None
+        raise DataError(f"cannot read index file {path}: {err}; {PRESHARD_HINT}") from None
     return parse_index_text(text, source=str(path))
+
+
+def _header_count(line: str, source: str) -> int:
+    """The sample count of the header line ``v1.2 <count>``; DataError naming ``source`` otherwise."""
+    head = line.split()
+    if len(head) != 2 or head[0] != INDEX_VERSION or not _is_count(head[1]):
+        raise DataError(f"{source}:1: expected '{INDEX_VERSION} <count>', got {line.rstrip()[:40]!r}; {PRESHARD_HINT}")
+    return int(head[1])
+
+
+def _is_count(field: str) -> bool:
+    # ASCII only: str.isdigit() also accepts digits such as '²' that int() refuses.
+    return field.isascii() and field.isdigit()
 
 
 def parse_index_text(text: str, source: str = "<index>") -> list[list[IndexMember]]:
     """Parse index text (see :func:`parse_index`)."""
     lines = text.splitlines()
     if not lines:
-        raise DataError(f"{source}: empty index file{_HINT}")
-    head = lines[0].split()
-    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
-        raise DataError(f"{source}:1: expected '{INDEX_VERSION} <count>', got {lines[0]!r}{_HINT}")
-    count = int(head[1])
+        raise DataError(f"{source}: empty index file; {PRESHARD_HINT}")
+    count = _header_count(lines[0], source)
     body = [line for line in lines[1:] if line.strip()]
     if len(body) != count:
-        raise DataError(f"{source}: header says {count} samples but {len(body)} lines follow{_HINT}")
+        raise DataError(f"{source}: header says {count} samples but {len(body)} lines follow; {PRESHARD_HINT}")
     samples: list[list[IndexMember]] = []
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         fields = line.split()
         if len(fields) % 4:
-            raise DataError(f"{source}:{lineno}: expected groups of 'ext offset size name', got {line!r}{_HINT}")
+            raise DataError(f"{source}:{lineno}: expected groups of 'ext offset size name', got {line!r}; "
+                            f"{PRESHARD_HINT}")
         members = []
         for i in range(0, len(fields), 4):
             ext, off, size, name = fields[i:i + 4]
-            if not (off.isdigit() and size.isdigit()):
-                raise DataError(f"{source}:{lineno}: offset and size must be integers, got {off!r} {size!r}{_HINT}")
+            if not (_is_count(off) and _is_count(size)):
+                raise DataError(f"{source}:{lineno}: offset and size must be integers, got {off!r} {size!r}; "
+                                f"{PRESHARD_HINT}")
             members.append(IndexMember(ext, int(off), int(size), name))
         samples.append(members)
     return samples
@@ -118,5 +129,5 @@ def check_index_matches_tar(index: Iterable[Sample], tar_path: str | os.PathLike
             if m.offset % 512 or m.offset < last_end or m.offset + m.size > tar_size:
                 raise DataError(
                     f"{source or tar_path}: index entry {m.name} (offset {m.offset}, size {m.size}) does not match "
-                    f"the tar ({tar_size} bytes); rerun `python -m pipeline.preshard` into a fresh --out")
+                    f"the tar ({tar_size} bytes); {PRESHARD_HINT}")
             last_end = m.offset + m.size

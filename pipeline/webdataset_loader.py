@@ -6,19 +6,23 @@ per DataLoader worker, so samples are neither duplicated nor lost whatever the w
 Each worker seeks straight to its first sample with the index file and streams the tar from
 there with webdataset's tar iterator. Workers hand over small uint8 chunks; the main
 process re-batches them into exact ``batch_size`` batches and applies the last-batch policy.
-Stop signals are the main process's to handle (it finishes its step and checkpoints): a Ctrl-C
-reaches every process of the terminal's group, so workers ignore SIGINT; a scheduler's SIGTERM
-reaches every process of the job, and workers leave on it with status 0, which torch does not
-report as a crash in the middle of the main process's step (a worker killed by the signal would
-be). They cannot ignore SIGTERM too: multiprocessing stops leftover workers with it at exit.
+Stop signals are the main process's to handle: it finishes its step, checkpoints, and under torchrun
+the ranks agree on the stop only every log_interval steps, reading batches all that time. A Ctrl-C
+reaches every process of the terminal's group and a scheduler's SIGTERM every process of the job,
+so workers ignore both: one that left would fail the main process's next batch ("worker exited
+unexpectedly") before it could checkpoint. They end with their parent instead: when it shuts the
+DataLoader down, when it dies (torch's workers watch for that), or when it sends SIGTERM itself,
+as multiprocessing does to leftover workers at exit (a worker deaf to that would hang the exit).
 """
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import signal
 import sys
 import tarfile
+import threading
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -27,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .epoch import SHUFFLE_BUFFER, EpochPlan, epoch_seed, epoch_shard_order
 from .errors import DataError
+from .layout import PRESHARD_HINT
 from .loader_base import LoaderBase
 from .shards import IndexedSample, ShardFile, part_samples
 from .transforms import decode_crop_resize
@@ -68,8 +73,8 @@ class PartStream(IterableDataset):
                     flip = bool(self.flip and rng.random() < 0.5)
                     images.append(decode_crop_resize(data, self.crop, self.size, draft=self.draft, flip=flip))
                 except (OSError, ValueError, SyntaxError) as err:
-                    raise DataError(f"corrupt JPEG {key} in {shard.tar} ({str(err).split(' <')[0]}): re-run preshard "
-                                    f"(it validates every image)") from None
+                    raise DataError(f"corrupt JPEG {key} in {shard.tar} ({str(err).split(' <')[0]}): "
+                                    f"{PRESHARD_HINT}") from None
                 keys.append(key)
                 if len(images) == _CHUNK:
                     yield np.stack(images), keys
@@ -103,20 +108,21 @@ class PartStream(IterableDataset):
                         break
                     except (tarfile.TarError, OSError) as err:
                         key = wanted[i + got].key
-                        raise DataError(f"shard {first.shard.tar} is unreadable at sample {key} "
-                                        f"({str(err).split(' @ ')[0]}): truncated or damaged; re-run preshard") from None
+                        reason = str(err).split(" @ ")[0]
+                        raise DataError(f"shard {first.shard.tar} is unreadable at sample {key} ({reason}): "
+                                        f"truncated or damaged; {PRESHARD_HINT}") from None
                     stem, _, ext = member["fname"].partition(".")
                     if ext != "jpg":
                         continue
                     expected: IndexedSample = wanted[i + got]
                     if stem != expected.key:
                         raise DataError(f"shard {first.shard.tar} does not match its index file {first.shard.index} "
-                                        f"(found {stem!r} where the index has {expected.key!r}); re-run preshard")
+                                        f"(found {stem!r} where the index has {expected.key!r}); {PRESHARD_HINT}")
                     yield stem, member["data"], first.shard
                     got += 1
                 if got < n:
                     raise DataError(f"shard {first.shard.tar} ends after {got} of the {n} samples its index promises "
-                                    f"from {first.key} on: truncated; re-run preshard")
+                                    f"from {first.key} on: truncated; {PRESHARD_HINT}")
             i += n
 
     def _shuffled(self, stream: Iterator, rng: np.random.Generator) -> Iterator:
@@ -136,10 +142,24 @@ class PartStream(IterableDataset):
         yield from buf
 
 
-def _worker_signals(worker_id: int) -> None:
-    """DataLoader worker_init_fn: ignore Ctrl-C, leave quietly on SIGTERM (see the module docstring)."""
+def _worker_signals(parent: int, worker_id: int) -> None:
+    """DataLoader worker_init_fn (bound to the main process's pid): ignore Ctrl-C, and SIGTERM unless
+    ``parent`` sends it (see the module docstring). A handler cannot tell who sent a signal, so SIGTERM
+    is blocked and a thread takes it with sigwaitinfo, which says."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: leave on any SIGTERM with status 0, torch reports no crash
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+        return
+    # Blocked before the worker starts any other thread: they all inherit the mask, so every SIGTERM
+    # waits for sigwaitinfo instead of reaching a handler.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_leave_on_sigterm_from, args=(parent,), daemon=True, name="sigterm-from-parent").start()
+
+
+def _leave_on_sigterm_from(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)  # status 0, as torch's own worker handler for its parent's SIGTERM: no crash reported
 
 
 def _as_is(chunk):
@@ -171,7 +191,7 @@ class WebDatasetLoader(LoaderBase):
             gc.collect()
         chunks = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_as_is,
                             prefetch_factor=self._prefetch if workers else None,
-                            worker_init_fn=_worker_signals if workers else None)
+                            worker_init_fn=functools.partial(_worker_signals, os.getpid()) if workers else None)
         return self._batches(chunks)
 
     def _batches(self, chunks: Iterator) -> Iterator:

@@ -4,7 +4,7 @@ import torch
 
 from kernels import KernelInputError, sigmoid_sse, sse
 from kernels.reference import sigmoid_sse_ref, sse_ref
-from tests.utils import DEVICES, TOL, image_pair, needs_triton_path, outputs_and_grads
+from tests.utils import DEVICES, TOL, image_pair, needs_triton_path, outputs_and_grads, uniform
 
 pytestmark = needs_triton_path
 OPS = {"sse": (sse, sse_ref), "sigmoid_sse": (sigmoid_sse, sigmoid_sse_ref)}
@@ -23,7 +23,7 @@ def _run(fn, pred, target, upstream, target_grad=False):
 def test_matches_reference_forward_and_backward(device, op, dtype, shape):
     fused, ref = OPS[op]
     pred, target = image_pair(shape, dtype, device)
-    upstream = (torch.rand(shape[0]) + 0.5).to(device)  # per-sample weights ≠ 1
+    upstream = uniform((shape[0],), device, seed=1) + 0.5  # per-sample weights ≠ 1
     ours = _run(lambda a, b: fused(a, b, impl="triton"), pred, target, upstream)
     want = _run(ref, pred, target, upstream)
     assert "SSEFunction" in type(ours[0].grad_fn).__name__  # really the fused path
@@ -79,12 +79,12 @@ def test_layouts(device, op):
         "batch-slice": (pred[::2], target[::2]),
         "transposed": (pred.transpose(2, 3), target.transpose(2, 3).contiguous()),
     }
-    upstream = torch.rand(6, device=device)
+    upstream = uniform((6,), device, seed=1)
     for name, (a, b) in cases.items():
         u = upstream[: a.shape[0]]
         ours = _run(lambda x, y: fused(x, y, impl="triton"), a, b, u)
         want = _run(ref, a, b, u)
-        torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(ours, want, **TOL[torch.float32], msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -5,7 +5,7 @@ import torch
 import kernels.impl
 from kernels import KernelConfigError, LossParts, reparam_kl, resolve_impl, sigmoid_sse, vae_loss
 from kernels.reference import reparam_kl_ref, vae_loss_ref
-from tests.utils import DEVICES, TOL, loss_batch, needs_triton_path, outputs_and_grads
+from tests.utils import DEVICES, TOL, loss_batch, needs_triton_path, normal, outputs_and_grads, uniform
 
 
 def _run(fn, out, x, kl, beta):
@@ -43,7 +43,7 @@ def test_gradients_for_target_and_beta_and_single_outputs(device):
             wants = leaves + [beta] if pick == "loss" else leaves
             grads = torch.autograd.grad(2 * value, wants, allow_unused=True)
             results.append([torch.zeros_like(w) if g is None else g for g, w in zip(grads, wants)])
-        torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6, msg=lambda m: f"{pick}: {m}")
+        torch.testing.assert_close(results[0], results[1], **TOL["loss_grads"], msg=lambda m: f"{pick}: {m}")
 
 
 @needs_triton_path
@@ -83,8 +83,7 @@ def test_whole_loss_path_matches_reference(device):
     stride-0 per-sample gradient the fused total hands back."""
     torch.manual_seed(0)
     head, dec = torch.nn.Linear(10, 2 * 6).to(device), torch.nn.Linear(6, 3 * 4 * 5).to(device)
-    h, x = torch.randn(7, 10, device=device), torch.rand(7, 3, 4, 5, device=device)
-    eps = torch.randn(7, 6, device=device)
+    h, x, eps = normal((7, 10), device), uniform((7, 3, 4, 5), device), normal((7, 6), device, seed=1)
     grads = []
     for rk, loss in ((lambda m, l: reparam_kl(m, l, eps, impl="triton"), lambda *a: vae_loss(*a, impl="triton")),
                      (lambda m, l: reparam_kl_ref(m, l, eps), vae_loss_ref)):
@@ -92,7 +91,7 @@ def test_whole_loss_path_matches_reference(device):
         z, kl = rk(mu, logvar)
         parts = loss(dec(z).view(7, 3, 4, 5), x, kl, 0.5)
         grads.append((parts.loss, *torch.autograd.grad(parts.loss, [*head.parameters(), *dec.parameters()])))
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], **TOL["loss_grads"])
 
 
 # The interpreter evaluates with numpy, which warns about the very NaNs this test feeds in.
@@ -123,8 +122,7 @@ def _loss_step(h, x, beta, seed=None, grad_in_forward=True):
 @pytest.mark.parametrize("device", DEVICES)
 def test_traces_without_graph_breaks(device):
     """Each launch is one custom op to Dynamo: the whole loss path is one graph, forward and backward."""
-    h = torch.randn(6, 16, device=device, requires_grad=True)
-    x = torch.rand(6, 3, 4, 5, device=device)
+    h, x = normal((6, 16), device).requires_grad_(True), uniform((6, 3, 4, 5), device)
     torch._dynamo.reset()
     explained = torch._dynamo.explain(_loss_step)(h, x, torch.tensor(0.5, device=device))
     assert explained.graph_break_count == 0, explained.break_reasons
@@ -143,8 +141,7 @@ def test_compiled_matches_eager(device, grad_in_forward):
     inductor may reorder the fp32 sums around the kernels (the backward of ``repeat`` adds 10
     copies), a few ulps, hence fp32's kernel-vs-reference tolerance there."""
     backend = "inductor" if device == "cuda" else "aot_eager"
-    h = torch.randn(6, 16, device=device, requires_grad=True)
-    x = torch.rand(6, 3, 4, 5, device=device)
+    h, x = normal((6, 16), device).requires_grad_(True), uniform((6, 3, 4, 5), device)
     beta = torch.tensor(0.5, device=device)
     seed = torch.tensor([1234], device=device)
     torch._dynamo.reset()
@@ -161,8 +158,7 @@ def test_compiled_matches_eager(device, grad_in_forward):
 def test_cuda_step_has_no_host_sync(grad_in_forward):
     """Forward and backward of the fused loss path never wait for the GPU: under sync-debug mode
     "error" any synchronizing call raises, so the step must run through without one."""
-    h = torch.randn(64, 256, device="cuda", requires_grad=True)
-    x = torch.rand(64, 3, 64, 64, device="cuda")
+    h, x = normal((64, 256), "cuda").requires_grad_(True), uniform((64, 3, 64, 64), "cuda")
     beta = torch.tensor(1.0, device="cuda")
     _loss_step(h, x, beta, grad_in_forward=grad_in_forward).loss.backward()  # warm-up: compile the kernels
     h.grad = None

@@ -1,57 +1,19 @@
-"""The loader contract on generated shards: output format, equivalence with a PIL reference,
-exact epoch accounting (ranks, last-batch policies, reshuffling), and one clear error per bad input.
+"""The loader contract on generated shards: output format, equivalence with a PIL reference, and
+exact epoch accounting (ranks, last-batch policies, reshuffling, DataLoader workers).
 
 Both backends run everywhere (DALI decodes on the CPU here); the DALI-GPU variants run only
-where CUDA is present.
+where CUDA is present. Options, backend choice and bad input: tests/test_loader_options.py.
 """
 from __future__ import annotations
-
-import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline import make_loader
-from pipeline.errors import ConfigError, DataError
 from pipeline.epoch import EpochPlan
-from pipeline.shards import part_samples, read_index, read_split
 from pipeline.transforms import crop_box, decode_crop_resize, reference_image
-
-BACKENDS = ["dali-cpu", "webdataset"]
-CUDA = torch.cuda.is_available()
-gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
-
-
-def split_keys(shards, split):
-    s = read_split(shards, split)
-    return [x.key for x in part_samples(s.shards, 0, s.count)]
-
-
-def jpeg_bytes(shards, split):
-    s = read_split(shards, split)
-    out = {}
-    for x in part_samples(s.shards, 0, s.count):
-        with open(x.shard.tar, "rb") as fh:
-            fh.seek(x.offset)
-            out[x.key] = fh.read(x.size)
-    return out
-
-
-def epoch(loader):
-    """(keys, batch sizes) of one pass."""
-    keys, sizes = [], []
-    for images, k in loader:
-        assert images.shape[0] == len(k)
-        keys += k
-        sizes.append(len(k))
-    return keys, sizes
-
-
-def loader(shards, split, bs, backend, **kw):
-    kw.setdefault("num_threads", 1)
-    return make_loader(shards, split, bs, device="cpu", backend=backend, with_keys=True, **kw)
+from tests.loader_utils import BACKENDS, epoch, gpu, jpeg_bytes, loader, split_keys
 
 
 # ----------------------------------------------------------------------------- output contract
@@ -182,14 +144,6 @@ def test_dali_gpu_matches_pil_reference(shards_dir, hw_decoder_load):
     _check_against_reference(ld, jpegs)
 
 
-def test_hw_decoder_load_is_a_gpu_decoder_setting_the_cpu_pipeline_ignores(shards_dir):
-    def val(**kw):
-        return torch.cat(list(make_loader(shards_dir, "val", 16, device="cpu", backend="dali-cpu", num_threads=1, **kw)))
-
-    plain, tuned = val(), val(hw_decoder_load=0.9)
-    assert torch.equal(plain, tuned)
-
-
 def test_reference_geometry():
     assert crop_box(178, 218, 148) == (15, 35, 163, 183)  # CelebA practice
     assert crop_box(100, 80, 148) == (10, 0, 90, 80)  # clamped to the shorter side
@@ -296,130 +250,6 @@ def test_abandoned_epoch_restarts_cleanly(shards_dir):
     next(it)
     assert epoch(ld)[0] == keys  # a fresh pass starts at the beginning, no sample lost
     assert ld.epoch == 1
-
-
-# ----------------------------------------------------------------------------- bad input
-
-
-def _one_line(err):
-    msg = str(err.value)
-    assert "\n" not in msg and "Traceback" not in msg
-    return msg
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_corrupt_jpeg_names_shard_and_key(shards_copy, backend):
-    split = read_split(shards_copy, "train")
-    shard = split.shards[-1]
-    victim = read_index(shard)[3]
-    with open(shard.tar, "r+b") as fh:  # same size, so the manifest check passes
-        fh.seek(victim.offset)
-        fh.write(b"\0" * 64)
-    with pytest.raises(DataError) as err:
-        for _ in loader(shards_copy, "train", 8, backend, shuffle=backend == "dali-cpu"):
-            pass
-    msg = _one_line(err)
-    assert f"corrupt JPEG {victim.key}" in msg and shard.tar.name in msg and "re-run preshard" in msg
-
-
-def test_truncated_tar_is_caught_up_front(shards_copy):
-    shard = read_split(shards_copy, "val").shards[0]
-    os.truncate(shard.tar, shard.bytes // 2)
-    with pytest.raises(DataError) as err:
-        loader(shards_copy, "val", 4, "dali-cpu")
-    assert shard.tar.name in _one_line(err) and "truncated" in str(err.value)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_truncated_tar_with_matching_manifest_names_shard(shards_copy, backend):
-    """A tar cut short after the manifest was written to match: DALI's 'Malformed index' path."""
-    manifest_path = shards_copy / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    entry = manifest["splits"]["train"]["shards"][0]
-    tar = shards_copy / entry["path"]
-    os.truncate(tar, entry["bytes"] // 2)
-    entry["bytes"] = entry["bytes"] // 2
-    manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(DataError) as err:
-        for _ in loader(shards_copy, "train", 8, backend, shuffle=False):
-            pass
-    msg = _one_line(err)
-    shard = read_split(shards_copy, "train").shards[0]
-    first_cut = next(s for s in read_index(shard) if s.offset + s.size > entry["bytes"])
-    assert tar.name in msg and first_cut.key in msg and "re-run preshard" in msg
-
-
-def test_missing_index_manifest_and_empty_split(shards_copy, tmp_path):
-    idx = read_split(shards_copy, "val").shards[0].index
-    idx.unlink()
-    with pytest.raises(DataError, match="missing index file") as err:
-        loader(shards_copy, "val", 4, "dali-cpu")
-    assert idx.name in _one_line(err)
-
-    manifest_path = shards_copy / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    del manifest["splits"]["test"]
-    manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match="split 'test' is empty"):
-        loader(shards_copy, "test", 4, "webdataset")
-
-    manifest_path.unlink()
-    with pytest.raises(DataError, match="no manifest.json"):
-        loader(shards_copy, "train", 4, "dali-cpu")
-    with pytest.raises(DataError, match="does not exist"):
-        loader(tmp_path / "nowhere", "train", 4, "dali-cpu")
-
-
-def test_index_count_mismatch(shards_copy):
-    idx = read_split(shards_copy, "val").shards[0].index
-    lines = idx.read_text().splitlines()
-    idx.write_text("\n".join([f"v1.2 {int(lines[0].split()[1]) + 1}"] + lines[1:]) + "\n")
-    with pytest.raises(DataError, match="lists .* samples, manifest.json says"):
-        loader(shards_copy, "val", 4, "dali-cpu")
-
-
-def test_bad_options_are_config_errors(shards_dir):
-    n_train = read_split(shards_dir, "train").count
-    cases = [
-        dict(split="train", batch_size=0),
-        dict(split="train", batch_size=n_train + 1),  # drop_last leaves no batch
-        dict(split="validation", batch_size=4),
-        dict(split="val", batch_size=4, backend="magic"),
-        dict(split="val", batch_size=4, drop_last=True, pad_last=True),
-        dict(split="val", batch_size=4, rank=2, world_size=2),
-        dict(split="val", batch_size=4, dtype=torch.int64),
-        dict(split="val", batch_size=4, hw_decoder_load=1.5),
-        dict(split="val", batch_size=4, hw_decoder_load=-0.1),
-        dict(split="val", batch_size=4, hw_decoder_load="0.5"),
-        dict(split="val", batch_size=4, hw_decoder_load=True),
-        dict(split="val", batch_size=4, hybrid_huffman_threshold=-1),
-        dict(split="val", batch_size=4, hybrid_huffman_threshold=1.5),
-        dict(split="val", batch_size=4, cache="disk"),
-    ]
-    for case in cases:
-        kw = dict(case)
-        with pytest.raises(ConfigError):
-            make_loader(shards_dir, kw.pop("split"), kw.pop("batch_size"), device="cpu", **kw)
-    if not CUDA:
-        with pytest.raises(ConfigError, match="CUDA is not available"):
-            make_loader(shards_dir, "val", 4, device="cuda")
-
-
-def test_auto_falls_back_to_webdataset_with_one_notice(shards_dir, monkeypatch, capsys):
-    import pipeline.loader as loader_module
-
-    monkeypatch.setattr(loader_module, "dali_import_error", lambda: "ModuleNotFoundError: No module named 'nvidia'")
-    ld = make_loader(shards_dir, "val", 4, device="cpu", num_threads=0)
-    assert ld.backend == "webdataset"
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "webdataset" in err[0]
-    with pytest.raises(ConfigError, match="needs NVIDIA DALI"):
-        make_loader(shards_dir, "val", 4, device="cpu", backend="dali")
-
-
-def test_default_backend_is_dali(shards_dir):
-    ld = make_loader(shards_dir, "val", 4, num_threads=1)
-    assert ld.backend == ("dali-gpu" if CUDA else "dali-cpu")
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
