@@ -11,6 +11,8 @@
     pictures.py         labelled tables of faces (interpolation strips, reconstructions, edits)
     commands_pictures.py  summary, sample, reconstruct, interpolate
     commands_latents.py   encode, attributes, edit
+    commands_evaluate.py  evaluate: the diagnosing evaluation of ``model.evaluation`` (PSNR, SSIM, IWAE
+                          bits/dim, active units, failure modes) on a split, into RUN/evaluation/
 
 Every command reads the network's shape from the checkpoint's own config, runs it in eval mode in
 fp32, and validates its whole input (files, keys, attribute names) before it computes or writes

@@ -16,10 +16,12 @@ commands live in commands_pictures.py, commands_latents.py and commands_evaluate
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable
 
 from model.use import commands_evaluate, commands_latents, commands_pictures
+from model.use.commands_pictures import RECONSTRUCT_N
 from model.use.faces import AS_TRAINED
 from pipeline.errors import ConfigError, cli_entry
 from pipeline.layout import SPLITS
@@ -68,6 +70,11 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     out = _Parser(add_help=False)
     out.add_argument("--out", metavar="PATH", help="output file (default: RUN/inference/NAME; a folder: NAME in it)")
 
+    directions_out = _Parser(add_help=False)  # attributes: its file lives beside the checkpoint, not in inference/
+    directions_out.add_argument("--out", metavar="PATH", help="output file (default: attributes.pt beside the "
+                                "checkpoint, RUN/checkpoints/attributes.pt, where edit looks for it; a folder: "
+                                "attributes.pt in it)")
+
     each = _Parser(add_help=False)
     each.add_argument("--each", metavar="DIR", help="also one PNG per image, at the model's resolution")
 
@@ -86,18 +93,20 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     faces.add_argument("--crop", type=_crop, default=AS_TRAINED, metavar="PX|none",
                        help="centre square cropped from a file before resizing (default: the checkpoint's crop, "
                             "148 for CelebA's aligned 178×218)")
-    return {"ckpt": ckpt, "out": out, "each": each, "data": data, "encoding": encoding, "faces": faces}
+    return {"ckpt": ckpt, "out": out, "directions_out": directions_out, "each": each, "data": data,
+            "encoding": encoding, "faces": faces}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m model", description="Sample, reconstruct, interpolate, encode and edit faces with a "
+    p = _Parser(prog=program_name(), description="Sample, reconstruct, interpolate, encode and edit faces with a "
                 "trained checkpoint.", epilog="examples:\n" + __doc__.split("\n\n")[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     cmd: dict[str, argparse.ArgumentParser] = {}
     uses = {"summary": ("ckpt",), "sample": ("ckpt", "out", "each"), "reconstruct": ("ckpt", "out", "each", "data", "faces"),
             "interpolate": ("ckpt", "out", "data", "faces"), "encode": ("ckpt", "out", "data", "encoding"),
-            "attributes": ("ckpt", "out", "data", "encoding"), "edit": ("ckpt", "out", "each", "data", "encoding", "faces"),
+            "attributes": ("ckpt", "directions_out", "data", "encoding"),
+            "edit": ("ckpt", "out", "each", "data", "encoding", "faces"),
             "evaluate": ("ckpt", "data")}
     for name, (_, help_text) in COMMANDS.items():
         par = _parents()  # fresh per command: parents share their actions, and attributes changes a default
@@ -108,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd["sample"].add_argument("--seed", type=int, default=0, help="the same seed gives the same faces (0)")
 
     cmd["reconstruct"].add_argument("faces", nargs="*", metavar="FACE", help="image files or sample keys of --split")
-    cmd["reconstruct"].add_argument("--n", type=int, help="instead of FACEs: the first N samples of --split")
+    cmd["reconstruct"].add_argument("--n", type=int, help="instead of FACEs: the first N samples of --split "
+                                    f"(without FACEs: {RECONSTRUCT_N})")
 
     cmd["interpolate"].add_argument("faces", nargs=2, metavar="FACE", help="A and B: image files or sample keys")
     cmd["interpolate"].add_argument("--steps", type=int, default=10, help="decoded codes from A to B (10)")
@@ -133,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def program_name() -> str:
+    """The name usage lines show: ``vae-model`` when started as the console script, else ``python -m model``."""
+    started_as = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    return "vae-model" if started_as == "vae-model" else "python -m model"
+
+
 def default_run() -> Path:
     """The run directory train.py writes without --out: config.json's out_dir/name."""
     from model.training.config import read_config_file
@@ -149,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if args.command is None:
-        raise ConfigError(f"name a command: {', '.join(COMMANDS)} (python -m model -h for help)")
+        raise ConfigError(f"name a command: {', '.join(COMMANDS)} ({program_name()} -h for help)")
     console = Console(highlight=False)
     path = checkpoint_path(args.run, args.checkpoint, args.last, default_run() if args.run is None else Path())
     trained = load_trained(path, args.device, trust=args.trust_checkpoint)

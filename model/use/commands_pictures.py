@@ -21,6 +21,8 @@ from pipeline.errors import ConfigError
 
 #: Faces per row of a reconstruction table (inputs, then their reconstructions below).
 PAIRS_PER_ROW = 8
+#: ``reconstruct`` without faces: the first this many samples of ``--split``.
+RECONSTRUCT_N = 16
 
 
 def summary(args: argparse.Namespace, trained: Trained, console: Console) -> int:
@@ -65,11 +67,10 @@ def sample(args: argparse.Namespace, trained: Trained, console: Console) -> int:
 
 def reconstruct(args: argparse.Namespace, trained: Trained, console: Console) -> int:
     """Faces (files, keys, or the first ``--n`` of a split) above their reconstructions, with the MSE of each."""
-    if not args.faces and not args.n:
-        raise ConfigError("name faces to reconstruct (image files or sample keys), or give --n to take the first "
-                          "N of --split")
-    if args.faces and args.n:
+    if args.faces and args.n is not None:
         raise ConfigError("give either faces (files or keys) or --n, not both")
+    if not args.faces and args.n is None:
+        args.n = RECONSTRUCT_N
     if args.n is not None and not 1 <= args.n <= 256:
         raise ConfigError(f"--n must be in 1..256, got {args.n}")
     out = trained.output(args.out, "reconstructions.png")

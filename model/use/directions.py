@@ -90,19 +90,32 @@ def save_directions(d: Directions, path: Path) -> Path:
 
 def load_directions(path: Path, fingerprint: str) -> Directions:
     """Directions saved by :func:`save_directions`; ConfigError when foreign or from other weights."""
+    not_ours = f"{path} is not an attribute-directions file of this project (format {FORMAT}, written by `python -m " \
+               "model attributes`)"
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConfigError(f"cannot read attribute directions {path}: {str(err).strip().splitlines()[0][:160]}") from None
+    except Exception:  # torch's own text (a zip error, an unpickling refusal) is long and says less than this
+        raise ConfigError(not_ours) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not an attribute-directions file of this project (format {FORMAT})")
+        raise ConfigError(not_ours)
     doc.pop("format")
-    d = Directions(**doc)
+    try:
+        d = Directions(**doc)
+    except TypeError as err:  # a field missing or unknown: another version's file, or an edited one
+        raise ConfigError(f"{path} is damaged: its fields do not match {FORMAT} ({err})") from None
+    if not (_is_map(d.vectors, str, torch.Tensor) and _is_map(d.positives, str, int) and isinstance(d.source, dict)
+            and isinstance(d.names, list) and set(d.vectors) <= set(d.positives) == set(d.names)):
+        raise ConfigError(f"{path} is damaged: its names, vectors and counts do not fit together ({FORMAT})")
     made_from = d.source.get("fingerprint")
     if made_from != fingerprint:
         raise ConfigError(f"{path} holds directions of other weights (checkpoint {d.source.get('checkpoint')}, step "
                           f"{d.source.get('step')})")
     return d
+
+
+def _is_map(value: Any, key_type: type, value_type: type) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, key_type) and isinstance(v, value_type)
+                                           for k, v in value.items())
 
 
 def parse_amount(spec: str) -> tuple[str, float]:

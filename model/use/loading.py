@@ -2,7 +2,8 @@
 
 Checkpoints are read with ``torch.load(weights_only=True)`` and an allow-list of the numpy types our
 RNG states need, so loading a checkpoint someone sent you cannot run code hidden in its pickle;
-``--trust-checkpoint`` falls back to the trainer's full loader for files that hold other objects.
+``--trust-checkpoint`` unpickles the whole file (for files you trust that hold other objects); the same
+checks of the format and the model and config entries follow either way.
 Tensors are mapped to the CPU first, so a checkpoint written on a GPU loads anywhere.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.training.checkpoint import FORMAT, load_checkpoint, load_model_state
+from model.training.checkpoint import FORMAT, load_model_state
 from model.use.outputs import check_file
 from model.vae import ConvVAE, VAEConfig
 from pipeline.errors import ConfigError, DataError
@@ -103,23 +104,8 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} is a folder; for a run directory use --run {path}")
-    if trust:
-        return load_checkpoint(path)
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as fh:
-            starts_like_one = fh.read(4) == b"PK\x03\x04"
-        if starts_like_one:  # a zip's table of contents is at its end: this one was cut short
-            raise ConfigError(f"cannot read checkpoint {path}: it is truncated or damaged (an incomplete copy?)")
-        raise ConfigError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError for a foreign object, RuntimeError for a damaged archive
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found:
-            raise ConfigError(f"{path} holds a {found.group(1)} object, which a weights-only load refuses; if you "
-                              "trust the file, pass --trust-checkpoint") from None
-        raise ConfigError(f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0][:200]}") from None
+    ckpt = _read_trusted(path) if trust else _read_weights_only(path)
+    # The same checks whichever way it was read: a trusted file may still be another program's dict.
     if not isinstance(ckpt, dict) or "format" not in ckpt:
         what = "a bare state dict" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
         raise ConfigError(f"{path} is not a checkpoint of this trainer: it holds {what} (expected format {FORMAT})")
@@ -129,6 +115,38 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         if not isinstance(ckpt.get(key), dict):
             raise ConfigError(f"{path} is damaged: its {key!r} entry is missing")
     return ckpt
+
+
+def _read_trusted(path: Path) -> Any:
+    """The whole unpickled object (``--trust-checkpoint``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, not a torch file, or a class this environment lacks
+        raise ConfigError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
+
+
+def _read_weights_only(path: Path) -> Any:
+    """The file through ``torch.load(weights_only=True)`` with the numpy types our RNG states need."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            starts_like_one = fh.read(4) == b"PK\x03\x04"
+        if starts_like_one:  # a zip's table of contents is at its end: this one was cut short
+            raise ConfigError(f"cannot read checkpoint {path}: it is truncated or damaged (an incomplete copy?)")
+        raise ConfigError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for a foreign object, RuntimeError for a damaged archive
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:
+            raise ConfigError(f"{path} holds a {found.group(1)} object, which a weights-only load refuses; if you "
+                              "trust the file, pass --trust-checkpoint") from None
+        raise ConfigError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
 def load_trained(path: str | Path, device: str | torch.device | None = None, trust: bool = False) -> Trained:

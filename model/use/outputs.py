@@ -34,9 +34,17 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
 
 
 def check_folder(folder: str | Path | None, option: str) -> None:
-    """Refuse, before any work is done, an output folder that is an existing file."""
-    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
-        raise ConfigError(f"{option} {folder}: that is a file; name a folder")
+    """Refuse, before any work is done, an output folder that is an existing file or lies under one
+    (the nearest existing folder above it decides whether it can be made)."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "that is a file" if path == folder else f"{path} is a file, not a folder"
+                raise ConfigError(f"{option} {folder}: {what}; name a folder")
+            return
 
 
 def check_file(path: Path, suffix: str) -> Path:
