@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 
 from model.evaluation import FULL, EvalSettings, evaluate_model
 from model.metrics import mse_per_image, psnr, ssim
+from model.training.evaluate import WorstK
 from model.training.runtime import Runtime
 from model.use.cli import main as model_main
 from model.vae import ConvVAE, VAEConfig
@@ -98,9 +101,19 @@ def test_latents_the_encoder_ignores_are_inactive(model, shards_dir, tmp_path):
     assert ev["nll_iwae"] is None and ev["diversity_ratio"] is None
 
 
-def test_image_limit_and_shards_without_attributes(model, shards_dir, tmp_path, tmp_path_factory):
+def test_image_limit_and_shards_without_attributes(model, shards_dir, tmp_path, tmp_path_factory, monkeypatch):
+    import model.evaluation.run as run
+
+    def slow_figure(*args):  # the figures are part of what `seconds` counts
+        time.sleep(0.6)
+        return real(*args)
+
+    real = run.plot_failure_modes
+    monkeypatch.setattr(run, "plot_failure_modes", slow_figure)
     ev = evaluate(model, shards_dir, tmp_path, replace(SMALL, images=10, iwae_images=4, samples=6))
     assert ev["count"] == 10 and ev["iwae_images"] == 4 and ev["diversity_images"] == 6
+    assert ev["seconds"] >= 0.6 and json.loads((tmp_path / "evaluation.json").read_text())["seconds"] == ev["seconds"]
+    monkeypatch.undo()
 
     from pipeline.preshard import preshard
     from pipeline.synthetic import write_synthetic_celeba
@@ -120,6 +133,9 @@ def test_image_limit_and_shards_without_attributes(model, shards_dir, tmp_path, 
     ({"images": 10, "samples": 11}, {"images", "samples"}, "samples 11 is more than the 10 images"),
     ({"iwae_k": 0}, set(), "iwae_k must be >= 1"),
     ({"samples": -1}, set(), "samples must be >= 0"),
+    ({"images": 1}, {"images"}, "at least 2 images; --images 1 asked"),  # the user's count, not the split's
+    ({"samples": 1}, {"samples"}, "--samples 1 is too few: the diversity ratio compares pairs"),
+    ({"samples": 1}, set(), "samples 1 is too few"),  # never cut down to 1, and never silently to 0
 ])
 def test_settings_refuse_what_the_split_cannot_give(asked, explicit, expect):
     with pytest.raises(ConfigError, match=expect):
@@ -130,8 +146,9 @@ def test_settings_left_at_default_are_cut_to_the_split():
     s = FULL.check(40)
     assert (s.images, s.iwae_images, s.samples) == (0, 40, 40)
     assert replace(FULL, images=10).check(40).iwae_images == 10
-    with pytest.raises(ConfigError, match="at least 2 images"):
+    with pytest.raises(ConfigError, match="at least 2 images; the split holds 1"):
         FULL.check(1)
+    assert replace(FULL, samples=2).check(40).samples == 2 and replace(FULL, samples=0).check(40).samples == 0
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +202,8 @@ def test_cli_scores_a_sigma_vae_under_its_learned_sigma(checkpoint, tmp_path):
     (["--images", "100000"], "100,000 images asked, but the split holds"),
     (["--k", "0"], "iwae_k must be >= 1"),
     (["--split", "nope"], "invalid choice: 'nope'"),
+    (["--images", "1"], "evaluation needs at least 2 images; --images 1 asked"),
+    (["--samples", "1"], "--samples 1 is too few"),
 ])
 def test_cli_bad_input_is_one_line(checkpoint, tmp_path, capsys, args, expect):
     rc = model_main(["evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path), *args])
@@ -201,3 +220,107 @@ def test_cli_refuses_a_checkpoint_of_another_model(checkpoint, tmp_path, capsys)
     rc = model_main(["evaluate", "--checkpoint", str(other), "--out", str(tmp_path)])
     err = " ".join(capsys.readouterr().err.split())
     assert rc == 2 and "different model" in err
+
+
+# ---------------------------------------------------------------- worst K without host syncs
+@contextmanager
+def no_host_reads(monkeypatch):
+    """Every way a tensor's values reach Python (each one a device sync on CUDA) raises inside the block."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was read on the host")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+            m.setattr(torch.Tensor, name, refuse)
+        yield
+
+
+@pytest.mark.parametrize("k", [1, 6, 100])
+def test_worst_k_is_a_sort_of_every_image_and_reads_nothing_per_batch(k, monkeypatch):
+    gen = torch.Generator().manual_seed(k)
+    sizes, worst, seen = (5, 16, 1, 9, 16, 3), WorstK(k), []
+    for b, n in enumerate(sizes):
+        scores = torch.randn(n, generator=gen)
+        scores[::4] = float("nan") if b % 2 else float("inf")  # never enter
+        values, x, recon = torch.rand(n, generator=gen), torch.rand(n, 3, 8, 8, generator=gen), torch.rand(n, 3, 8, 8)
+        keys = [f"b{b}i{i}" for i in range(n)]
+        with no_host_reads(monkeypatch):
+            worst.push(scores, values, keys, x, recon)
+        seen += [(float(scores[i]), keys[i], float(values[i]), x[i], recon[i]) for i in range(n)
+                 if math.isfinite(float(scores[i]))]
+    want = sorted(seen, key=lambda r: -r[0])[:k]
+    got = worst.result()
+    assert [f.key for f in got] == [r[1] for r in want] and len(got) == min(k, len(seen))
+    assert [f.score for f in got] == pytest.approx([r[0] for r in want]) and [f.value for f in got] == pytest.approx(
+        [r[2] for r in want])
+    for f, r in zip(got, want):
+        assert torch.equal(f.image, r[3]) and torch.equal(f.reconstruction, r[4]) and f.image.device.type == "cpu"
+    assert WorstK(0).result() == [] and WorstK(3).result() == []
+
+
+# ---------------------------------------------------------------- regions and attributes where the truth is known
+class Lookup(torch.nn.Module):
+    """A "VAE" that reconstructs each known image as the picture it was given for it: encode → the
+    image's one-hot (a sharp posterior), decode → that one-hot times the stored pictures."""
+
+    def __init__(self, inputs: torch.Tensor, recons: torch.Tensor):
+        super().__init__()
+        self.inputs, self.recons = inputs.flatten(1), recons
+        self.cfg = VAEConfig(channels=(8,), latent_dim=len(inputs))
+
+    def encode(self, x):
+        idx = torch.cdist(x.flatten(1), self.inputs).argmin(1)
+        mu = torch.nn.functional.one_hot(idx, len(self.inputs)).float()
+        return mu, torch.full_like(mu, -30.0)
+
+    def decode(self, z):
+        return (z @ self.recons.flatten(1)).view(-1, *self.recons.shape[1:])
+
+
+def test_regions_and_attributes_on_drawn_faces_with_hats():
+    """Faces in the documented ellipse on a plain background; six wear a hat, a band across the top rows
+    (outside the ellipse), and their reconstructions miss it (background there), all else is off by DELTA."""
+    from model.evaluation.collect import collect
+    from model.evaluation.summary import summarize
+    from model.metrics import face_ellipse_mask
+
+    n, size, band, delta, hat_error = 16, 32, 4, 0.01, 0.6 - 0.05
+    mask = face_ellipse_mask(size, size)
+    assert not mask[:band].any()  # the hat band lies wholly outside the face
+    x = torch.full((n, 3, size, size), 0.6)  # background
+    x[:, :, mask] = torch.linspace(0.3, 0.8, n)[:, None, None]  # a skin tone per face
+    hats = list(range(6))
+    x[hats, :, :band] = 0.05
+    recon = x + delta
+    recon[hats, :, :band] = 0.6  # the hat is not reconstructed: background instead
+    keys = [f"{i:06d}" for i in range(n)]
+    settings = replace(SMALL, iwae_images=0, samples=0, worst=3, batch_size=5)
+    batches = [(x[i:i + 5], keys[i:i + 5]) for i in range(0, n, 5)]
+    c = collect(Lookup(x, recon), batches, RT, settings, accessory_keys=frozenset(keys[i] for i in hats))
+
+    names = ["Smiling", "Wearing_Hat", "Eyeglasses"]
+    table = torch.zeros(n, 3, dtype=torch.bool)
+    table[::2, 0] = True  # three hats among the eight: the same error either side
+    table[hats, 1] = True
+    table[6:12, 2] = True  # no hats among them: better than the rest
+    ev = summarize(c, settings, samples=None, attributes=(names, table), attributes_note=None)
+
+    pixels, outside = size * size, int((~mask).sum())
+    hat_mse = (delta**2 * (pixels - band * size) + hat_error**2 * band * size) / pixels
+    regions = ev["regions"]
+    assert regions["face_mse_per_pixel"] == pytest.approx(delta**2, rel=1e-3)
+    hat_outside = (delta**2 * (outside - band * size) + hat_error**2 * band * size) / outside
+    assert regions["outside_mse_per_pixel"] == pytest.approx((6 * hat_outside + 10 * delta**2) / n, rel=1e-3)
+    assert regions["outside_to_face"] == pytest.approx(regions["outside_mse_per_pixel"] / regions["face_mse_per_pixel"])
+    assert regions["outside_to_face"] > 100
+
+    rows = {r["attribute"]: r for r in ev["attributes"]}
+    assert [r["attribute"] for r in ev["attributes"]] == ["Wearing_Hat", "Smiling", "Eyeglasses"]
+    hat = rows["Wearing_Hat"]
+    assert (hat["count_with"], hat["count_without"]) == (6, 10)
+    assert hat["ratio"] == pytest.approx(hat_mse / delta**2, rel=1e-3)
+    assert rows["Smiling"]["ratio"] == pytest.approx(1.0, rel=1e-6)
+    assert rows["Eyeglasses"]["ratio"] == pytest.approx(delta**2 / ((6 * hat_mse + 4 * delta**2) / 10), rel=1e-3)
+    # the failure modes that look at hats and backgrounds show hats only
+    for mode in ("overall", "accessory", "background"):
+        assert {f.key for f in c.worst[mode]} <= {keys[i] for i in hats}, mode

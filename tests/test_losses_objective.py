@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from model.losses.kl import free_bits_kl
+from model.losses.kl import free_bits_kl, kl_per_dim
 from model.losses.objective import Objective
 from model.losses.structural import max_scales, ms_ssim, ms_ssim_loss, ssim_loss
-from model.metrics import ssim
+from model.metrics import ssim, ssim_terms
 from model.training.config import load_config
 from model.training.train_step import make_loss_fn
 from model.vae import VAEOutput
@@ -91,6 +91,9 @@ def test_free_bits_replace_the_kl_term_only():
     fb = free_bits_kl(out.mu, out.logvar, 0.4)
     assert float(terms.loss) == pytest.approx(float(plain.rec + 0.7 * fb), rel=1e-5)
     assert float(terms.kl) == pytest.approx(float(plain.kl)) and float(terms.extra["kl_penalty"]) == pytest.approx(float(fb))
+    # logged beside it: how many dimensions sat under the floor (no KL gradient for them this step)
+    under = int((kl_per_dim(out.mu, out.logvar).mean(0) < 0.4).sum())
+    assert 0 < under < out.mu.shape[1] and float(terms.extra["kl_dims_under_floor"]) == under
 
 
 @pytest.mark.parametrize("scales", [1, 2])
@@ -135,6 +138,32 @@ def test_structural_losses():
     a = torch.rand(1, 1, 22, 22, generator=gen, dtype=torch.float64).requires_grad_()
     b = torch.rand(1, 1, 22, 22, generator=gen, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda t: ms_ssim_loss(t, b, 2), (a,))
+
+
+@pytest.mark.parametrize("size, scales", [(64, 3), (176, 5)])
+def test_ms_ssim_value_against_its_formula(size, scales):
+    """MS-SSIM = SSIM_M^w_M · Π_{j<M} CS_j^w_j per channel, the images halved by 2×2 means between scales,
+    the paper's weights (renormalised over the M used), channels averaged: built here from ssim_terms."""
+    gen = torch.Generator().manual_seed(size)
+    x = torch.rand(1, 3, size, size, generator=gen, dtype=torch.float64)
+    y = (x + 0.15 * torch.randn(x.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    w = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333][:scales]
+    w = [v / sum(w) for v in w]
+    per_channel = []
+    for c in range(3):
+        a, b, value = x[:, c:c + 1], y[:, c:c + 1], 1.0
+        for j in range(scales):
+            full, cs = (float(t) for t in ssim_terms(b, a))
+            if j == scales - 1:
+                value *= full ** w[j]
+            else:
+                value *= cs ** w[j]
+                a, b = (t.reshape(1, 1, t.shape[-2] // 2, 2, t.shape[-1] // 2, 2).mean((3, 5)) for t in (a, b))
+        per_channel.append(value)
+    want = sum(per_channel) / 3
+    assert 0.2 < want < 0.95  # far from both ends, so a wrong weight or scale shows
+    assert float(ms_ssim(y, x, scales)) == pytest.approx(want, rel=1e-10)
+    assert float(ms_ssim_loss(y, x, scales)) == pytest.approx(1 - want, rel=1e-9)
 
 
 @needs_triton_path

@@ -211,3 +211,41 @@ def test_training_log_has_a_beta_panel(tmp_path, monkeypatch):
     artifacts.plot_training_log(records, tmp_path / "b.png")
     artifacts.plot_training_log(records + [{"kind": "meta", "kl_schedule": "linear"}], tmp_path / "c.png")
     assert [seen[1]["titles"][3], seen[2]["titles"][3]] == ["β schedule", "β schedule (linear)"]
+
+
+def test_training_log_draws_the_whole_schedule_and_the_added_terms(tmp_path, monkeypatch):
+    """With the config: β at every step from the schedule (logged steps marked on it), the total's title
+    naming its actual terms, and a panel per term the objective added."""
+    seen = {}
+
+    def spy(fig, path):
+        seen["axes"] = {ax.get_title(): ax for ax in fig.axes}
+        seen["n"] = len(fig.axes)
+        artifacts.pyplot().close(fig)
+        return path
+
+    monkeypatch.setattr(artifacts, "save_figure", spy)
+    total = 40
+    cfg = {"beta": 1.0, "kl_schedule": "cyclical", "kl_warmup_steps": 0, "kl_cycles": 2, "kl_ratio": 0.5,
+           "recon": "gaussian_learned_sigma", "free_bits": 0.25, "perceptual_weight": 0.1, "ssim_weight": 0.0,
+           "ssim_scales": 1}
+    records = [r for r in _records(total) if r["kind"] == "val" or r["step"] % 10 == 0]  # logged every 10 steps
+    for r in records:
+        if r["kind"] == "train":
+            r.update(sigma=0.5, rec_nll=-1000.0, kl_penalty=8.0, kl_dims_under_floor=3.0, perceptual=0.2)
+    artifacts.plot_training_log(records, tmp_path / "t.png", config=cfg, total_steps=total)
+    axes = seen["axes"]
+    assert seen["n"] == 9  # 4 + sigma, rec_nll, kl_penalty, dims under the floor, perceptual
+    assert "total loss (Gaussian NLL (learned σ) + β·Σ max(λ, KL_j) + 0.1·perceptual)" in axes
+    beta = axes["β schedule (cyclical)"]
+    curve, marks = beta.lines
+    want = [beta_at(s, beta=1.0, schedule="cyclical", warmup_steps=0, total_steps=total, cycles=2, ratio=0.5)
+            for s in range(total)]
+    assert curve.get_xdata().tolist() == list(range(1, total + 1)) and curve.get_ydata().tolist() == want
+    assert marks.get_xdata().tolist() == [10, 20, 30, 40]
+    assert marks.get_ydata().tolist() == [want[s - 1] for s in (10, 20, 30, 40)]
+    assert axes["latent dimensions under the free-bits floor"].lines[0].get_ydata().tolist() == [3.0] * 4
+    assert "decoder σ (σ-VAE)" in axes and "perceptual term P (VGG features)" in axes
+    # without the config, the records alone name the terms
+    artifacts.plot_training_log(records, tmp_path / "u.png")
+    assert "total loss (Gaussian NLL + β·Σ max(λ, KL_j) + w·perceptual)" in seen["axes"]

@@ -196,6 +196,14 @@ def test_train_writes_train_val_test_scalars_and_images(shards_dir, tmp_path):
             assert [s for s, _ in scalars(acc, tag)] == [4, test["step"]], tag
             assert scalars(acc, tag)[-1][1] == pytest.approx(test[key], rel=1e-6), tag
 
+    # the evaluation the run ends with: evaluation.json's numbers (nested ones flattened) at the test's step
+    ev = json.loads((out / "evaluation.json").read_text())
+    for key, want in (("psnr_db", ev["psnr_db"]), ("ssim", ev["ssim"]), ("bits_per_dim", ev["bits_per_dim"]),
+                      ("active_units", ev["active_units"]), ("sharpness_ratio", ev["sharpness_ratio"]),
+                      ("regions/outside_to_face", ev["regions"]["outside_to_face"])):
+        got = scalars(acc, f"eval/{key}")
+        assert got and got[-1] == (test["step"], pytest.approx(want, rel=1e-6)), key
+
     (recon,) = acc.Images("reconstructions")
     (samples,) = acc.Images("samples")
     assert recon.step == samples.step == val["step"]
@@ -210,3 +218,24 @@ def test_train_writes_train_val_test_scalars_and_images(shards_dir, tmp_path):
     loader.close()
     np.testing.assert_allclose(top, first, atol=1 / 255 + 1e-6)  # the first val image, as the loader gives it
     assert 0 < np.abs(bottom - top).mean() < 0.25  # a reconstruction: close to it, not a copy
+
+
+def test_gpu_util_is_per_log_interval():
+    """train/gpu_util is the mean of its own log interval's samples; the epoch table keeps the epoch's mean."""
+    from rich.console import Console
+
+    from model.training.gpu_util import GpuUtilSampler
+    from model.training.progress import EpochProgress
+
+    sampler = GpuUtilSampler()  # not started: the samples are put in by hand, as the thread would
+    progress = EpochProgress(Console(quiet=True), 0, 1, 10)
+    progress._sampler = sampler
+    assert progress.take_gpu_util() is None and progress.gpu_util is None
+    sampler.samples += [10.0, 20.0]
+    assert progress.take_gpu_util() == 15.0
+    sampler.samples += [90.0]
+    assert progress.take_gpu_util() == 90.0 and progress.take_gpu_util() is None  # nothing new since
+    assert progress.gpu_util == pytest.approx(40.0)  # the epoch's mean is untouched by the taking
+    sampler.reset()
+    sampler.samples += [50.0]
+    assert progress.take_gpu_util() == 50.0

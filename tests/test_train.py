@@ -176,12 +176,24 @@ def test_missing_or_empty_data_dir(tmp_path, capsys, make_dir, expect):
     (["--epochs", "two"], "'epochs': 'two' is not a valid int"),
     (["--hw_decoder_load", "2"], "'hw_decoder_load' must be in [0, 1]"),
     (["--amp", "fp16", "--data", "."], "fp16"),
+    (["--perceptual_weight", "-0.5"], "'perceptual_weight' must be >= 0"),
+    (["--kl_schedule", "cyclic"], "'kl_schedule': 'cyclic' is not one of linear, cyclical, constant (did you mean "
+                                  "'cyclical'?)"),
+    (["--ssim_weight", "inf"], "config key 'ssim_weight' must be a finite number, got inf"),
+    (["--free_bits", "nan"], "config key 'free_bits' must be a finite number, got nan"),
+    (["--perceptual_layers", "relu2_3"], "unknown vgg16 layer 'relu2_3' (did you mean 'relu2_2'?"),  # weight 0 too
+    (["--ssim_scales", "4"], "ssim_scales 4 needs larger images"),
+    (["--eval_samples", "1"], "'eval_samples' must be 0 (none) or >= 2"),
+    (["--perceptual_weight", "1", "--perceptual_weights", "no/such/vgg16-397923af.pth"],
+     "perceptual_weights: no/such/vgg16-397923af.pth does not exist (expected torchvision's ImageNet vgg16 weights, "
+     "published at https://download.pytorch.org/models/vgg16-397923af.pth)"),
 ])
 def test_bad_config_values(tmp_path, capsys, argv, expect):
     if "--amp" in argv and torch.cuda.is_available():
         pytest.skip("fp16 is valid on CUDA")
     rc, err = _main(capsys, "--out", tmp_path / "run", *argv)
     assert rc == 2 and err.startswith("error:") and expect in err, err
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before any run directory work
 
 
 def test_bad_config_file(tmp_path, capsys):

@@ -4,7 +4,8 @@ Per image, through the posterior mean (x̂ = sigmoid(decode(μ))): MSE, PSNR, SS
 energy of input and reconstruction, MSE inside and outside the face ellipse; through one sampled z
 (the trainer's loss with β = 1): SSE and KL. Latent statistics are running sums. The first
 ``iwae_images`` images also get K importance-sampled log-weights. Everything stays on the device
-until the end of a batch's work; the per-image numbers go to the CPU once per batch, in one copy.
+until the end of a batch's work; the per-image numbers go to the CPU once per batch, in one copy, and
+the worst images of each failure mode are kept on the device (``WorstK``) and copied once, at the end.
 Under DDP each rank reads its own share of the split and the results are gathered at the end.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from model.losses.kl import kl_per_dim
 from model.metrics import (LatentStats, face_ellipse_mask, high_frequency_energy, iwae_log_weights, mse_per_image,
                            psnr, region_mse, ssim)
 from model.metrics.latent import LatentResult
-from model.training.evaluate import Failure, WorstK
+from model.training.evaluate import Failure, WorstK, worst_first
 
 #: Failure modes shown in failure_modes.png: name → what its score is (largest first).
 MODES = {
@@ -123,7 +124,8 @@ def collect(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[s
 
     per_image = {name: torch.cat(columns[name]) for name in PER_IMAGE}
     empty = torch.zeros(0, *face_sum.shape)
-    part = {"keys": keys_seen, "per_image": per_image, "worst": {m: w.heap for m, w in worst.items()}, "log_w": _cat(log_ws, (0, settings.iwae_k)),
+    part = {"keys": keys_seen, "per_image": per_image, "worst": {m: w.result() for m, w in worst.items()},
+            "log_w": _cat(log_ws, (0, settings.iwae_k)),
             "kept_x": _cat(kept_x, empty.shape), "kept_r": _cat(kept_r, empty.shape)}
     face_sum = face_sum.cpu()
     if rt.distributed:
@@ -131,7 +133,7 @@ def collect(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[s
     n = len(part["keys"])
     return Collected(part["keys"], part["per_image"], latent.result(), (face_sum / n).float(),
                      part["kept_x"][:settings.samples], part["kept_r"][:settings.samples], part["log_w"],
-                     {m: sorted(h, reverse=True)[:settings.worst] for m, h in part["worst"].items()}, face_sum.numel())
+                     {m: worst_first(h, settings.worst) for m, h in part["worst"].items()}, face_sum.numel())
 
 
 def _cat(parts: list[torch.Tensor], empty_shape: tuple) -> torch.Tensor:

@@ -55,11 +55,13 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable, rt: Any, *, shards
     ev.update(summarize(c, settings, samples=samples, attributes=table, attributes_note=note))
     ev.update(_fid(c.kept_inputs, samples, out_dir, rt.device, settings))
     ev["settings"] = settings.to_dict()
-    ev["seconds"] = round(time.perf_counter() - t0, 2)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "evaluation.json", json.dumps(_finite(ev), indent=2) + "\n")
     plot_evaluation(ev, out_dir / "evaluation.png")
     plot_failure_modes(c.worst, out_dir / "failure_modes.png")
+    # The whole cost, figures included (what the ≤ 10 % budget of a run's evaluation counts); writing the
+    # JSON itself, the one step after the clock stops, takes milliseconds.
+    ev["seconds"] = round(time.perf_counter() - t0, 2)
+    write_text(out_dir / "evaluation.json", json.dumps(_finite(ev), indent=2) + "\n")
     return ev
 
 

@@ -40,8 +40,13 @@ class EvalSettings:
         if self.images > split_count and "images" in explicit:
             raise ConfigError(f"evaluation: {self.images:,} images asked, but the split holds {split_count:,}")
         n = min(n, split_count)
-        if n < 2:
-            raise ConfigError(f"evaluation needs at least 2 images; the split holds {split_count}")
+        if n < 2:  # name what limited it: the count asked for, or the split
+            limit = (f"{'--images' if 'images' in explicit else 'images'} {self.images} asked"
+                     if 0 < self.images < split_count else f"the split holds {split_count}")
+            raise ConfigError(f"evaluation needs at least 2 images; {limit}")
+        if self.samples == 1:  # a cut-down count is never 1 (n >= 2): this was asked for
+            raise ConfigError(f"evaluation: {'--samples' if 'samples' in explicit else 'samples'} 1 is too few: "
+                              "the diversity ratio compares pairs of images; ask for 0 (none) or at least 2")
         fixes = {"images": 0 if n == split_count else n}
         for name in ("iwae_images", "samples"):
             asked = getattr(self, name)
@@ -50,8 +55,6 @@ class EvalSettings:
                     raise ConfigError(f"evaluation: {name.replace('_', '-')} {asked:,} is more than the {n:,} images "
                                       "evaluated; ask for fewer (or more --images)")
                 fixes[name] = n
-        if fixes.get("samples", self.samples) == 1:
-            fixes["samples"] = 0  # a pairwise distance needs two
         return replace(self, **fixes)
 
 

@@ -46,6 +46,7 @@ def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, lam: float) -> torch.Te
 
 @torch.no_grad()
 def kl_floor_active(mu: torch.Tensor, logvar: torch.Tensor, lam: float) -> torch.Tensor:
-    """How many dimensions have a batch-mean KL under the floor ``lam`` (0-dim int64, for logging:
-    those dimensions get no KL gradient from :func:`free_bits_kl`). Does not synchronise the device."""
+    """How many dimensions have a batch-mean KL under the floor ``lam`` (0-dim int64; the objective logs
+    it as ``kl_dims_under_floor``: those dimensions get no KL gradient from :func:`free_bits_kl`). Does not
+    synchronise the device."""
     return (kl_per_dim(mu, logvar).mean(dim=0) < lam).sum()

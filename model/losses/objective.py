@@ -10,12 +10,17 @@
   batch's MSE, the maximum-likelihood σ (their "optimal σ"), so R = (D/2)(1 + log 2π·MSE).
   A badly weighted MSE is the usual cause of VAE blur (their §3): σ balances R against the KL.
 - K: the batch mean of KL(q(z|x) ‖ N(0, I)), or with ``free_bits`` λ > 0 Σ_j max(λ, E_batch KL_j)
-  (model/losses/kl.py).
+  (model/losses/kl.py; the number of dimensions under the floor is logged as ``kl_dims_under_floor``).
 - P: VGG feature matching (model/losses/perceptual.py); S: 1 − SSIM, or 1 − MS-SSIM with
   ``ssim_scales`` > 1 (model/losses/structural.py).
 
-SSE and KL always come from the fused path (``kernels.vae_loss`` over the logits, the KL of
-``kernels.reparam_kl``), whatever is added: their gradients flow through the kernel's backward.
+What runs where. z always comes from the fused reparameterisation (``kernels.reparam_kl``, inside the
+model's forward) and the SSE from the fused loss (``kernels.vae_loss`` over the logits), whatever is
+added: the reconstruction's gradient reaches μ and logvar through those kernels' backward. The KL
+penalty comes from the same kernels' per-image KL, except under free bits: the floor applies to each
+dimension's batch-mean KL, which the kernel (it sums over dimensions per image) does not give, so that
+penalty and its gradient are computed in plain torch from μ and logvar (model/losses/kl.py), and the
+kernel's KL is then only logged (``kl``). The σ-VAE's scaling of the SSE, the VGG and the (MS-)SSIM are torch.
 ``forward`` returns :class:`LossTerms`; ``extra`` holds each added term (detached) for the logs.
 """
 from __future__ import annotations
@@ -27,9 +32,8 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
-from model.losses.kl import free_bits_kl
-from model.losses.structural import max_scales, ms_ssim_loss, ssim_loss
-from pipeline.errors import ConfigError
+from model.losses.kl import free_bits_kl, kl_floor_active
+from model.losses.structural import check_scales, ms_ssim_loss, ssim_loss
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -58,9 +62,8 @@ class Objective(nn.Module):
         self.perceptual_weight = float(cfg["perceptual_weight"])
         self.ssim_weight = float(cfg["ssim_weight"])
         self.ssim_scales = int(cfg["ssim_scales"])
-        if self.ssim_weight and self.ssim_scales > (allowed := max_scales(cfg["image_size"])):
-            raise ConfigError(f"ssim_scales {self.ssim_scales} needs larger images: every scale must hold the 11×11 "
-                              f"window, and {cfg['image_size']}×{cfg['image_size']} allows at most {allowed}")
+        if self.ssim_weight:  # validate() checks it too; an Objective may be built from a hand-made dict
+            check_scales(self.ssim_scales, cfg["image_size"])
         self.log_sigma = None
         if self.recon == "gaussian_learned_sigma":
             self.log_sigma = nn.Parameter(torch.tensor(-0.5 * math.log(2.0)))  # σ² = ½: the seed's loss at step 0
@@ -133,9 +136,10 @@ class Objective(nn.Module):
             rec_term = 0.5 * parts.rec * torch.exp(-log_var) + 0.5 * dims * (log_var + LOG_2PI)
             extra["sigma"] = torch.exp(0.5 * log_var).detach()
             extra["rec_nll"] = rec_term.detach()
-        if self.free_bits:
+        if self.free_bits:  # the one KL in plain torch: the floor needs each dimension's batch mean
             kl_term = free_bits_kl(out.mu, out.logvar, self.free_bits)
             extra["kl_penalty"] = kl_term.detach()
+            extra["kl_dims_under_floor"] = kl_floor_active(out.mu, out.logvar, self.free_bits).float()
         else:
             kl_term = parts.kl
         loss = rec_term + beta * kl_term

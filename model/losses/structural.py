@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from model.metrics.image import SSIM_RADIUS, ssim, ssim_terms
+from pipeline.errors import ConfigError
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: CS and SSIM below this are raised to it before the fractional powers of MS-SSIM.
@@ -31,6 +32,13 @@ def max_scales(size: int) -> int:
         scales += 1
         size //= 2
     return scales
+
+
+def check_scales(scales: int, image_size: int) -> None:
+    """One-line ConfigError when ``scales`` of (MS-)SSIM do not fit ``image_size``×``image_size`` images."""
+    if scales > (allowed := max_scales(image_size)):
+        raise ConfigError(f"ssim_scales {scales} needs larger images: every scale must hold the 11×11 window, "
+                          f"and {image_size}×{image_size} allows at most {allowed}")
 
 
 def ssim_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

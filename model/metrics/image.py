@@ -69,9 +69,10 @@ def ssim_terms(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> tup
 
 def _gaussian_blur(maps: torch.Tensor) -> torch.Tensor:
     """'valid' convolution of every channel with the normalised 11×11 Gaussian (two 1-D passes)."""
-    taps = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
+    # Built on the maps' device: a copy from the host would wait for the device (a sync per call on CUDA).
+    taps = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64, device=maps.device)
     g = torch.exp(-0.5 * (taps / SSIM_SIGMA) ** 2)
-    g = (g / g.sum()).to(device=maps.device, dtype=maps.dtype)
+    g = (g / g.sum()).to(maps.dtype)
     n = maps.shape[1]
     out = F.conv2d(maps, g.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)
     return F.conv2d(out, g.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)

@@ -38,9 +38,10 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch
 def iwae_log_weights(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                      decode: Callable[[torch.Tensor], torch.Tensor], k: int, *,
                      generator: torch.Generator | None = None, chunk: int = 4096,
-                     log_sigma: float | None = None) -> torch.Tensor:
+                     log_sigma: float | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
     """log w for K posterior samples per image: [B, K] in fp64, under the decoder σ of ``log_sigma``
-    (None: σ² = ½; see :func:`gaussian_log_likelihood`).
+    (None: σ² = ½; see :func:`gaussian_log_likelihood`). The standard-normal noise is drawn from
+    ``generator``, or given as ``eps`` (B×K×L; the same noise gives the same weights on every device).
 
     ``decode`` maps latents [N, L] to decoder means shaped like ``x`` ([N, C, H, W] in [0, 1]); it is
     called on at most ``chunk`` latents at a time, so memory does not grow with K.
@@ -49,7 +50,11 @@ def iwae_log_weights(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
         raise ValueError(f"iwae needs k >= 1 samples, got {k}")
     b, latent = mu.shape
     mu, logvar = mu.double(), logvar.double()
-    eps = torch.randn(b, k, latent, generator=generator, device=mu.device, dtype=torch.float64)
+    if eps is None:
+        eps = torch.randn(b, k, latent, generator=generator, device=mu.device, dtype=torch.float64)
+    elif eps.shape != (b, k, latent):
+        raise ValueError(f"iwae eps must be B×K×L = {(b, k, latent)}, got {tuple(eps.shape)}")
+    eps = eps.to(torch.float64)
     z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps  # B×K×L
     log_prior = log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
     log_q = log_normal(z, mu[:, None], logvar[:, None])

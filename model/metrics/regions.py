@@ -24,12 +24,16 @@ def face_ellipse_mask(height: int, width: int, center: tuple[float, float] = FAC
 
 
 def region_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(MSE per pixel inside ``mask``, outside it) per image, over channels too: two [B] tensors."""
+    """(MSE per pixel inside ``mask``, outside it) per image, over channels too: two [B] tensors.
+
+    A mask on the CPU is checked to have pixels on both sides; one already on the images' device is
+    trusted (reading it would wait for the device at every batch), and an empty side gives NaN there.
+    """
+    if mask.device.type == "cpu" and (bool(mask.all()) or not bool(mask.any())):
+        raise ValueError("the region mask must have pixels both inside and outside")
     err = (x.float() - y.float()).pow(2).mean(1)  # B×H×W
     inside = mask.to(err.device, err.dtype)
     n_in, n_out = inside.sum(), (1 - inside).sum()
-    if n_in == 0 or n_out == 0:
-        raise ValueError("the region mask must have pixels both inside and outside")
     return (err * inside).flatten(1).sum(1) / n_in, (err * (1 - inside)).flatten(1).sum(1) / n_out
 
 

@@ -33,10 +33,9 @@ def high_frequency_energy(x: torch.Tensor, cutoff: float = CUTOFF) -> torch.Tens
         fx = torch.fft.rfftfreq(w, device=x.device, dtype=dtype)[None, :]
         high = (fy.pow(2) + fx.pow(2)).sqrt() > cutoff
         # rfft2 keeps half the columns; the ones with a mirror image count twice (not 0 and, for even W, Nyquist).
-        twice = torch.full_like(fx, 2.0)
-        twice[0, 0] = 1
-        if w % 2 == 0:
-            twice[0, -1] = 1
+        col = torch.arange(fx.shape[1], device=x.device)
+        once = (col == 0) | (col == (w // 2 if w % 2 == 0 else -1))
+        twice = torch.where(once, 1.0, 2.0).to(dtype)[None, :]
         return (power * (high * twice)).flatten(1).sum(1)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -133,7 +134,8 @@ SCHEMA: dict[str, Key] = {
     # the evaluation every run ends with (python -m model evaluate has the full one)
     "eval_iwae_k": Key("int", "importance samples per image for the test IWAE bound", _pos, "> 0"),
     "eval_iwae_images": Key("int", "test images the IWAE bound is estimated on (0 = none)", _nonneg, ">= 0"),
-    "eval_samples": Key("int", "prior samples (and test images) for the diversity ratio (0 = none)", _nonneg, ">= 0"),
+    "eval_samples": Key("int", "prior samples (and test images) for the diversity ratio (0 = none)",
+                        lambda v: v == 0 or v >= 2, "0 (none) or >= 2 (the ratio compares pairs)"),
 }
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -168,7 +170,7 @@ def _coerce(key: str, value: Any) -> Any:
         if kind == "float":
             if isinstance(value, bool):
                 raise bad
-            return float(value)
+            return _finite(key, float(value))
         if kind == "str":
             if not isinstance(value, str):
                 raise bad
@@ -182,11 +184,26 @@ def _coerce(key: str, value: Any) -> Any:
             items = value.split(",") if isinstance(value, str) else value
             if not isinstance(items, (list, tuple)):
                 raise bad
-            conv = int if kind == "ints" else float
-            return [conv(str(v).strip()) for v in items]
+            if kind == "ints":
+                return [int(str(v).strip()) for v in items]
+            return [_finite(key, float(str(v).strip())) for v in items]
     except (TypeError, ValueError):
         raise bad from None
     raise AssertionError(f"unknown kind {kind}")
+
+
+def _finite(key: str, value: float) -> float:
+    # Every float key is a weight, a rate, a ratio or a floor: inf and nan mean nothing for any of them
+    # (0 is how a term or a clip is switched off), and would only surface later as a NaN loss.
+    if not math.isfinite(value):
+        raise ConfigError(f"config key {key!r} must be a finite number, got {value!r} ({SCHEMA[key].help})")
+    return value
+
+
+def _not_a_choice(key: str, value: str, choices: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(value, choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}{hint}")
 
 
 def _unknown(key: str) -> ConfigError:
@@ -208,14 +225,18 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         value = _coerce(key, cfg[key])
         if value is not None and value != _AUTO:
             if spec.choices and value not in spec.choices:
-                raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(spec.choices)}")
+                raise _not_a_choice(key, value, spec.choices)
             if spec.check and not spec.check(value):
                 raise ConfigError(f"config key {key!r} must be {spec.must}, got {value!r}")
         out[key] = value
-    if out["perceptual_weight"]:
-        from model.losses.perceptual import check_layers
+    # Checked whatever the weights: a layer typo or too many scales is refused when written, not when the
+    # term is first switched on (the messages are the losses' own).
+    from model.losses.perceptual import check_layers
+    from model.losses.structural import check_scales
 
-        check_layers(out["perceptual_network"], out["perceptual_layers"])
+    check_layers(out["perceptual_network"], out["perceptual_layers"])
+    if out["ssim_weight"] or out["ssim_scales"] > 1:
+        check_scales(out["ssim_scales"], out["image_size"])
     from model.vae import VAEConfig
 
     try:

@@ -8,8 +8,6 @@ and gives the same numbers every time for the same weights.
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -32,27 +30,49 @@ class Failure:
 
 
 class WorstK:
-    """The K highest-scoring images seen so far (a min-heap; only those images go to the CPU)."""
+    """The K highest-scoring images seen so far, kept on the device: a batch is merged with
+    ``torch.topk`` over the K kept and the batch's own top K, so ``push`` never waits for the device
+    (no ``.item()``, no copy to the host); :meth:`result` copies the K images to the CPU once, at the end.
+    Non-finite scores never enter (they are ranked as −inf and dropped by ``result``); among equal
+    scores, which image is kept is torch.topk's choice."""
 
     def __init__(self, k: int):
-        self.k, self.heap, self._arrival = k, [], itertools.count()
+        self.k = k
+        self.keys: list[str] = []  # every key pushed, by arrival position (host side: keys are strings)
+        self.scores = self.values = self.position = self.images = self.recons = None
 
     def push(self, scores: torch.Tensor, values: torch.Tensor, keys: list[str] | None, x: torch.Tensor,
              recon: torch.Tensor) -> None:
         """Merge a batch: ``scores`` rank (non-finite ones never enter), ``values`` label the images."""
-        valid = torch.isfinite(scores)
-        if not self.k or not bool(valid.any()):
+        if not self.k:
             return
-        top = torch.topk(scores.masked_fill(~valid, float("-inf")), min(self.k, int(valid.sum())))
+        n, start = scores.shape[0], len(self.keys)
+        self.keys += list(keys) if keys else [str(start + i) for i in range(n)]
+        ranked = scores.float().masked_fill(~torch.isfinite(scores), float("-inf"))
+        top = torch.topk(ranked, min(self.k, n))  # shapes alone decide the sizes: no sync
         idx = top.indices
-        images, recons = x[idx].float().cpu(), recon[idx].float().cpu()
-        for j, (score, i) in enumerate(zip(top.values.tolist(), idx.tolist())):
-            item = Failure(score, next(self._arrival), keys[i] if keys else str(i), images[j].contiguous(),
-                           recons[j].contiguous(), float(values[i]))
-            if len(self.heap) < self.k:
-                heapq.heappush(self.heap, item)
-            elif item > self.heap[0]:
-                heapq.heapreplace(self.heap, item)
+        batch = (top.values, values[idx].float(), idx + start, x[idx].float(), recon[idx].float())
+        if self.scores is not None:
+            batch = tuple(torch.cat([kept, new]) for kept, new in
+                          zip((self.scores, self.values, self.position, self.images, self.recons), batch))
+            keep = torch.topk(batch[0], min(self.k, batch[0].shape[0]), sorted=False).indices
+            batch = tuple(t[keep] for t in batch)
+        self.scores, self.values, self.position, self.images, self.recons = batch
+
+    def result(self) -> list[Failure]:
+        """The kept images as :class:`Failure` (CPU tensors), worst first: the one copy to the host."""
+        if self.scores is None:
+            return []
+        scores, values, position = (t.double().cpu() for t in (self.scores, self.values, self.position))
+        images, recons = self.images.cpu(), self.recons.cpu()
+        found = [Failure(float(s), int(p), self.keys[int(p)], images[j].contiguous(), recons[j].contiguous(), float(v))
+                 for j, (s, v, p) in enumerate(zip(scores, values, position)) if s > float("-inf")]
+        return worst_first(found, self.k)
+
+
+def worst_first(failures: list[Failure], k: int) -> list[Failure]:
+    """The ``k`` highest scores, highest first (equal scores: the earlier arrival first)."""
+    return sorted(failures, key=lambda f: (-f.score, f.tie))[:k]
 
 
 @dataclass
@@ -92,7 +112,7 @@ def evaluate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str
     finally:
         model.train(was_training)
 
-    found = worst.heap
+    found = worst.result()
     if rt.distributed:
         import torch.distributed as dist
 
@@ -111,5 +131,5 @@ def evaluate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str
         "elbo": -(sse_sum + kl_sum) / n,
         "elbo_loss": (sse_sum + kl_sum) / n,
     }
-    return EvalResult(metrics, sorted(found, reverse=True)[:worst_k] if worst_k else [])
+    return EvalResult(metrics, worst_first(found, worst_k))
 

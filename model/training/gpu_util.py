@@ -39,6 +39,7 @@ class GpuUtilSampler:
         self.device_index = device_index
         self.interval = interval
         self.samples: list[float] = []
+        self._taken = 0  # samples[:_taken] were read by take()
         self.reason: Optional[str] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -92,6 +93,14 @@ class GpuUtilSampler:
     def reset(self) -> None:
         """Drop samples taken so far (e.g. during warm-up) and keep sampling."""
         self.samples.clear()
+        self._taken = 0
+
+    def take(self) -> Optional[float]:
+        """Mean of the samples since the last ``take`` (None: none since): one log interval's utilization,
+        where :attr:`mean` keeps averaging from the start."""
+        end = len(self.samples)  # the thread only appends: what is counted here stays counted
+        fresh, self._taken = self.samples[self._taken:end], end
+        return statistics.fmean(fresh) if fresh else None
 
     @property
     def mean(self) -> Optional[float]:

@@ -55,7 +55,12 @@ class EpochProgress:
 
     @property
     def gpu_util(self) -> float | None:
+        """GPU utilization (%) averaged since the epoch started (the epoch table's)."""
         return self._sampler.mean if self._sampler else None
+
+    def take_gpu_util(self) -> float | None:
+        """GPU utilization (%) averaged since the last call: one log interval's (TensorBoard's train/gpu_util)."""
+        return self._sampler.take() if self._sampler else None
 
 
 def _f(v: float | None, fmt: str) -> str:
