@@ -13,7 +13,8 @@ loss is their mean over the batch (the negative ELBO when β = 1).
 A run can be stopped at any moment and continued with ``--resume``: Ctrl-C or SIGTERM finishes the
 step, writes ``last.pt`` at it and prints the command that resumes (model/training/signals.py);
 checkpoints, metrics and pictures are written atomically, so kill -9 or a full disk never leaves a
-torn file (model/training/disk_full.py); and one run directory has one writer (run_lock.py).
+torn file (model/training/disk_full.py); one run directory has one writer (run_lock.py); and a
+resumed run computes as its start did (the checkpoint keeps amp, channels_last and compile).
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ from model.training.peak import measure_matmul_peak
 from model.training.probe import probe_step
 from model.training.progress import EpochProgress, epoch_table, make_console
 from model.training.run_lock import RunLock
-from model.training.runtime import decide_compile, init_distributed, launch_rank, resolve_runtime, shutdown_distributed
+from model.training.runtime import (decide_compile, init_distributed, keep_resumed_choices, launch_rank,
+                                    resolve_runtime, runtime_choices, shutdown_distributed)
 from model.training.schedules import beta_at, lr_at
 from model.training.signals import StopSignals, resume_command
 from model.training.tensorboard_log import TensorBoardLog
@@ -65,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoints/last.pt")
     parser.add_argument("--download-perceptual-weights", action="store_true",
                         help="let torch.hub download the VGG weights of perceptual_weight > 0 when they are not found")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="take over a run directory whose lock names another host (its locks may be invisible "
+                             "here): only once you have checked that run has ended")
     args, overrides = parse_overrides(parser, argv)
     base = read_config_file(args.config)
     run_dir = Path(args.out) if args.out else Path(overrides.get("out_dir", base["out_dir"])) / overrides.get("name", base["name"])
     ckpt_dir = run_dir / "checkpoints"
-    with RunLock(run_dir, enabled=launch_rank() == 0) as lock:  # one trainer per run directory
-        if lock.notice:
-            print(lock.notice, file=sys.stderr)
+    with RunLock(run_dir, enabled=launch_rank() == 0, break_lock=args.break_lock) as lock:  # one trainer per run dir
+        for notice in lock.notices:
+            print(notice, file=sys.stderr)
         for folder in (run_dir, ckpt_dir) if lock.enabled else ():
             remove_temps(folder)  # half-written files of a killed run (the lock says nobody else writes)
         resume = None
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with contextlib.ExitStack() as closing:  # what _run opens that must close on every path
                 return _run(cfg, run_dir, resume, last, rank, local_rank, world_size, t_start, closing,
-                            download=args.download_perceptual_weights)
+                            download=args.download_perceptual_weights, explicit=set(overrides))
         except (KeyboardInterrupt, DiskFull) as err:
             raise _with_resume_hint(err, last, run_dir) from None
         finally:
@@ -95,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, rank: int, local_rank: int,
-         world_size: int, t_start: float, closing: contextlib.ExitStack, *, download: bool = False) -> int:
+         world_size: int, t_start: float, closing: contextlib.ExitStack, *, download: bool = False,
+         explicit: set[str] = frozenset()) -> int:
     rt = resolve_runtime(cfg, rank, local_rank, world_size, probe=probe_step)  # CPU "auto": a timed probe of the step
+    # A resumed run computes as its start did (amp, channels_last, compile), unless the command line says otherwise.
+    rt, notice = keep_resumed_choices(rt, resume.get("runtime") if resume else None, explicit)
+    if notice and rt.is_main:
+        print(notice, file=sys.stderr)
     console = make_console(rt.is_main)
     ckpt_dir = run_dir / "checkpoints"
     impl = resolve_impl(cfg["loss_impl"], rt.device)
@@ -160,7 +170,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
         if rt.is_main:
             state = make_checkpoint(model=raw, optimizer=optimizer, scaler=scaler, step=step, epoch=epoch,
                                     batch_in_epoch=batch_in_epoch, best_val_elbo=best_val_elbo, config=cfg,
-                                    extra={"objective": loss_fn.state()})
+                                    runtime=runtime_choices(rt), extra={"objective": loss_fn.state()})
             save_atomic(state, ckpt_dir / name)
         if name == "last.pt":
             last.step = step
@@ -228,17 +238,20 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                         if peak:
                             record["mfu"] = ips * flops_per_image / peak
                         log.log(record)
-                        tb.scalars(step, {**record, "gpu_util": progress.gpu_util}, "train")
+                        tb.scalars(step, {**record, "gpu_util": progress.take_gpu_util()}, "train")
                         progress.update(loss=loss, rec=rec, kl=kl, ips=ips, mfu=record.get("mfu"))
                         t_log, images_since_log = now, 0
                     progress.advance()
-                    # An epoch's last step is saved after validation, below; a stop there waits for it.
-                    stopping = stop.should_stop(step) or bool(cfg["stop_at_step"] and step >= cfg["stop_at_step"])
+                    # An epoch's last step is saved after validation, below, except on a signal: then last.pt is
+                    # written at once and the epoch's end (validation, best.pt) waits for the resumed run, so
+                    # a stop never waits for a validation (a scheduler's grace period may be 30 s).
+                    signalled = stop.should_stop(step)
+                    at_stop_step = bool(cfg["stop_at_step"] and step >= cfg["stop_at_step"])
                     at_interval = cfg["checkpoint_interval"] and step % cfg["checkpoint_interval"] == 0
-                    if (stopping or at_interval) and not last_batch:
+                    if signalled or ((at_stop_step or at_interval) and not last_batch):
                         check_finite(epoch)
                         save("last.pt", epoch, i + 1)
-                    if stopping and not last_batch:
+                    if signalled or (at_stop_step and not last_batch):
                         stopped_early = True
                         break
             epoch_seconds = time.perf_counter() - t_epoch
@@ -263,7 +276,9 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
             if stop.should_stop(step, force=True) or (cfg["stop_at_step"] and step >= cfg["stop_at_step"]):
                 stopped_early = epoch + 1 < cfg["epochs"]
                 break
-    if stop.agreed:  # last.pt holds this very step; the test evaluation waits for the resumed run
+    # last.pt holds this very step; the test evaluation waits for the resumed run. The second look catches a
+    # signal that came after the loop's last one (it set the flag, but nothing read it).
+    if stop.agreed or stop.should_stop(step, force=True):
         return _stopped(stop.agreed, step, last, rt, run_dir, (train_loader, val_loader))
 
     # ------------------------------------------------------------------ test evaluation
@@ -283,7 +298,8 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     wall = time.perf_counter() - t_start
     if rt.is_main:
         _write_pictures(raw, cfg, rt, shards, run_dir, test.failures)
-        plot_training_log(log.records, run_dir / "training_log.png", schedule=cfg["kl_schedule"])
+        plot_training_log(log.records, run_dir / "training_log.png", schedule=cfg["kl_schedule"], config=cfg,
+                          total_steps=total_steps)
         summary = {
             "test": test.metrics, "best_val_elbo": best_val_elbo, "steps": step, "epochs_done": round(step / steps_per_epoch, 3),
             "stopped_early": stopped_early, "parameters": n_params,

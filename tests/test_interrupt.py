@@ -79,6 +79,7 @@ def test_synthetic_generator_ctrl_c_then_the_same_command_resumes(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.count("\n") == 1 and "run the same command to continue: " in err
     assert not (out / "list_eval_partition.txt").exists()  # does not look complete
+    assert json.loads((out / ".synthetic.json").read_text())["complete"] is False  # nor says it is
     assert not list(images.glob(".*.tmp"))
     kept = {p.name: p.stat().st_mtime_ns for p in images.glob("*.jpg")}
     assert 40 <= len(kept) < n
@@ -88,7 +89,9 @@ def test_synthetic_generator_ctrl_c_then_the_same_command_resumes(tmp_path):
     done = subprocess.run(again, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert {p.name: p.stat().st_mtime_ns for p in images.glob("*.jpg") if p.name in kept} == kept  # not redrawn
-    assert sorted(os.listdir(out)) == ["img_align_celeba", "list_attr_celeba.txt", "list_eval_partition.txt"]
+    assert sorted(os.listdir(out)) == [".synthetic.json", "img_align_celeba", "list_attr_celeba.txt",
+                                       "list_eval_partition.txt"]
+    assert json.loads((out / ".synthetic.json").read_text())["complete"] is True
     whole = write_synthetic_celeba(tmp_path / "whole", n, workers=2)
     for name in ("list_eval_partition.txt", "list_attr_celeba.txt"):
         assert (out / name).read_bytes() == (whole / name).read_bytes()

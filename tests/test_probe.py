@@ -11,10 +11,13 @@ import time
 import pytest
 import torch
 
+from pipeline.errors import ConfigError
+
 from model.training.config import read_config_file, validate
 from model.training.probe import (BF16_FIRST_MAX, BUDGET_S, MAX_ROUNDS, Candidate, ProbeResult, cache_key,
                                   fingerprint, probe_step, run_probe)
-from model.training.runtime import Runtime, decide_compile, from_rank0, resolve_runtime
+from model.training.runtime import (Runtime, decide_compile, from_rank0, keep_resumed_choices, resolve_runtime,
+                                    runtime_choices)
 
 FP32, CL, BF16 = Candidate("off", False), Candidate("off", True), Candidate("bf16", True)
 
@@ -222,6 +225,29 @@ def test_decide_compile_only_touches_compile_auto(cache):
     assert decide_compile(flags, 100_000).compile is False
 
 
+def test_a_resumed_run_keeps_its_starts_choices(cache):
+    """What a checkpoint saved (runtime_choices) wins over what this machine would choose now, so a resumed run
+    computes as it started; the command line, another device type or an older checkpoint decide afresh."""
+    now = ProbeResult("off", False, step_s=0.4, batch_size=64, compile_cost_s=40.0, compile_speedup=1.25)
+    rt = resolve_runtime(cfg_with(), device="cpu", probe=lambda cfg: now)  # this machine: fp32 contiguous
+    saved = {"device": "cpu", "amp": "off", "channels_last": True, "compile": True}  # the start: compiled, NHWC
+    kept, notice = keep_resumed_choices(rt, saved, explicit=set())
+    assert (kept.amp, kept.channels_last) == ("off", True) and kept.chosen_by["channels_last"] == "checkpoint"
+    assert notice == ("notice: the resumed run computes as it started (amp off, channels_last on); on its own this "
+                      "machine would now choose channels_last off (--channels_last VALUE on the command line decides "
+                      "afresh)")
+    kept = decide_compile(kept, 10)  # 10 steps left would not repay compiling, but the start compiled
+    assert kept.compile is True and kept.chosen_by["compile"] == "checkpoint"
+    assert "; compile on as the run's start decided (checkpoint); for the steps left: compile off (10 " in kept.note
+    assert runtime_choices(kept) == saved
+
+    fresh, notice = keep_resumed_choices(rt, saved, explicit={"channels_last", "compile"})
+    assert fresh.channels_last is False and notice is None and decide_compile(fresh, 10).compile is False
+    assert keep_resumed_choices(rt, None, set()) == (rt, None)  # a checkpoint without choices
+    other, notice = keep_resumed_choices(rt, {**saved, "device": "cuda", "amp": "bf16"}, set())
+    assert other is rt and "trained on cuda, this run is on cpu" in notice
+
+
 # ------------------------------------------------------------------------------------ the report
 def test_note_and_describe_report_the_probe(cache, monkeypatch):
     monkeypatch.setattr("model.training.probe.bf16_emulated", lambda: None)  # the pilot path, on any CPU
@@ -294,3 +320,24 @@ def test_train_py_runs_with_the_probes_choice_and_reports_it(cache, monkeypatch,
     assert runtime["channels_last"] is True and runtime["chosen_by"]["channels_last"] == "probe"
     assert runtime["compile"] is False and "compile off (2 steps" in runtime["note"]  # far too short to repay it
     assert timer.steps[CL] >= 1
+
+    # Resumed on a "machine" whose probe picks fp32: the checkpoint's choices stand (up to the model's build,
+    # which is all this needs to see), unless the command line says otherwise.
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=False)
+    assert ck["runtime"] == {"device": "cpu", "amp": "off", "channels_last": True, "compile": False}
+    monkeypatch.setenv("VAE_PROBE_CACHE", str(cache.parent / "probe-elsewhere"))
+    elsewhere = FakeTimer({FP32: 0.1, CL: 0.5}, pilot=15.0)
+    monkeypatch.setattr(train, "probe_step", lambda cfg: probe_step(cfg, timer=elsewhere, impl="torch"))
+    built = []
+
+    def stop_at_build(cfg, rt, impl):
+        built.append(rt)
+        raise ConfigError("enough")
+
+    monkeypatch.setattr(train, "build_model", stop_at_build)
+    assert train.main(["--out", str(out), "--resume"]) == 2
+    assert built[0].channels_last is True and built[0].chosen_by["channels_last"] == "checkpoint"
+    assert built[0].compile is False and elsewhere.steps[FP32] >= 1
+    assert "would now choose channels_last off" in " ".join(capsys.readouterr().err.split())
+    assert train.main(["--out", str(out), "--resume", "--channels_last", "auto"]) == 2
+    assert built[1].channels_last is False and built[1].chosen_by["channels_last"] == "probe"

@@ -123,16 +123,40 @@ def test_sigint_and_sigterm_stop_at_the_step_and_the_printed_command_resumes_exa
     ck = load_checkpoint(out / "checkpoints/last.pt")
     assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (5, 0, 5)
 
-    second = Run(tmp_path, resume, FAULT_SLOW_STEP="10:3")  # its 10th step is step 15, in epoch 2
+    # SIGTERM in the last step of epoch 1: last.pt at that step at once, the epoch's validation left to the resume.
+    second = Run(tmp_path, resume, FAULT_SLOW_STEP="7:3")  # its 7th step is step 12
     second.wait_for(second.marker)
     second.proc.send_signal(signal.SIGTERM)
     assert second.finish(timeout=30) == 143
-    resume = stop_line(second.stderr, signal.SIGTERM, 15)
+    resume = stop_line(second.stderr, signal.SIGTERM, 12)
     ck = load_checkpoint(out / "checkpoints/last.pt")
-    assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (15, 1, 3)
+    assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (12, 0, 12)
+    assert not [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "val"]
+    assert not (out / "checkpoints/best.pt").exists()
 
     assert Run(tmp_path, resume).finish() == 0
     assert_same_run(out, reference)
+
+
+def test_a_signal_after_the_loops_last_look_still_stops_before_the_test(shards_dir, tmp_path, capsys, monkeypatch):
+    """SIGTERM arriving just after the last check of the flag (here: at --stop_at_step's step) is not swallowed:
+    the run ends with the stop line and 143 instead of going on to the test evaluation and pictures."""
+    import train
+    from model.training.signals import StopSignals
+
+    class LateSignal(StopSignals):
+        def should_stop(self, step: int, *, force: bool = False) -> bool:
+            answer = super().should_stop(step, force=force)
+            if step == 2 and not force:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns: the answer is already False
+            return answer
+
+    monkeypatch.setattr(train, "StopSignals", LateSignal)
+    out = tmp_path / "run"
+    rc, err = _main(capsys, "--data", shards_dir, "--out", out, "--stop_at_step", 2, *SETTINGS)
+    assert rc == 143 and "stopped by SIGTERM at step 2:" in err, err
+    assert load_checkpoint(out / "checkpoints/last.pt")["step"] == 2
+    assert not (out / "summary.json").exists() and "test" not in {r["kind"] for r in read_jsonl(out / "metrics.jsonl")}
 
 
 @pytest.mark.slow
@@ -253,6 +277,55 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
                               text=True, check=True).stdout)
     (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "started": "earlier"}))
     with RunLock(run) as lock:
-        assert lock.notice and f"took over the lock of pid {dead}" in lock.notice
+        assert len(lock.notices) == 1 and f"took over the lock of pid {dead}" in lock.notices[0]
         assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
     assert run.is_dir() and not (run / ".lock").exists()
+
+
+def test_a_lock_of_another_host_is_refused_unless_broken(tmp_path, capsys):
+    """flock succeeds, but the lock file names another host, whose locks this one may not see (NFS nolock,
+    Lustre localflock): refused, naming that run, until train.py --break-lock."""
+    from model.training.run_lock import RunLock
+    from pipeline.errors import ConfigError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    foreign = json.dumps({"host": "node-17", "pid": 4242, "started": "2024-05-01T10:00:00+00:00", "command": "x"})
+    (run / ".lock").write_text(foreign)
+    with pytest.raises(ConfigError, match=r"locked by pid 4242 on host node-17 "
+                                          r"\(since 2024-05-01T10:00:00\+00:00: x\), another host.*--break-lock"):
+        RunLock(run).__enter__()
+    assert (run / ".lock").read_text() == foreign  # untouched
+    rc, err = _main(capsys, "--out", run, "--resume")
+    assert rc == 2 and err.count("error:") == 1 and "on host node-17" in err and "--break-lock" in err, err
+    rc, err = _main(capsys, "--out", run, "--resume", "--break-lock")  # taken over; then no checkpoint to resume
+    assert "broke the lock of pid 4242 on host node-17" in err and "no checkpoint to resume from" in err, err
+    assert not (run / ".lock").exists()
+
+
+def test_a_filesystem_without_locks_falls_back_to_the_pid(tmp_path, monkeypatch):
+    import errno as errno_
+
+    from model.training import run_lock
+    from pipeline.errors import ConfigError
+
+    def no_locks(fd, op):
+        raise OSError(errno_.ENOLCK, os.strerror(errno_.ENOLCK))
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    run = tmp_path / "run"
+    with run_lock.RunLock(run) as lock:
+        assert lock.notices == [f"notice: {run / '.lock'}: this filesystem has no file locks (flock: ENOLCK); "
+                                "judging a previous lock by the host and pid it names"]
+        live = os.getppid()  # this host, alive
+        (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": live, "started": "now"}))
+        with pytest.raises(ConfigError, match=f"in use by pid {live} on host .*rerun with --break-lock"):
+            run_lock.RunLock(run).__enter__()
+        with run_lock.RunLock(run, break_lock=True) as broken:
+            assert f"broke the lock of pid {live}" in broken.notices[-1]
+    def bad_fd(fd, op):
+        raise OSError(errno_.EBADF, "Bad file")
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", bad_fd)
+    with pytest.raises(OSError, match="Bad file"):  # any other flock failure is not taken for "no locks"
+        run_lock.RunLock(tmp_path / "other").__enter__()

@@ -2,11 +2,13 @@
 
 A checkpoint holds the model, optimizer and GradScaler states, the position in training
 (global step, epoch, batches done in that epoch), the best validation ELBO so far, the merged
-config and every RNG state (Python, NumPy, torch CPU and CUDA). It is serialised in memory first
-and then written through :func:`model.training.disk_full.atomic_write` (temporary file in the same
-folder, fsync, ``os.replace``), so kill -9 or a full disk mid-write leaves the previous ``last.pt``
-intact, and a full disk is reported as one line naming the file (not as torch's zip writer's
-"unexpected pos" error, which is what ``torch.save`` straight to a full disk raises).
+config, the runtime's resolved choices (amp, channels_last, compile: a resumed run computes as its
+start did, see :func:`model.training.runtime.keep_resumed_choices`) and every RNG state (Python,
+NumPy, torch CPU and CUDA). It is serialised in memory first and then written through
+:func:`model.training.disk_full.atomic_write` (temporary file in the same folder, fsync,
+``os.replace``, fsync of the folder), so kill -9 or a full disk mid-write leaves the previous
+``last.pt`` intact, and a full disk is reported as one line naming the file (not as torch's zip
+writer's "unexpected pos" error, which is what ``torch.save`` straight to a full disk raises).
 """
 from __future__ import annotations
 
@@ -67,9 +69,11 @@ class LastCheckpoint:
 
 def make_checkpoint(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, step: int,
                     epoch: int, batch_in_epoch: int, best_val_elbo: float | None, config: dict[str, Any],
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                    runtime: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint dict. ``epoch``/``batch_in_epoch`` give where to continue: a finished epoch
-    is stored as (epoch + 1, 0)."""
+    is stored as (epoch + 1, 0); a stop in an epoch's last step as (epoch, steps per epoch), whose
+    resumed run starts with that epoch's end (validation, best.pt). ``runtime``:
+    :func:`model.training.runtime.runtime_choices`."""
     return {
         "format": FORMAT,
         "model": model.state_dict(),
@@ -80,6 +84,7 @@ def make_checkpoint(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         "batch_in_epoch": batch_in_epoch,
         "best_val_elbo": best_val_elbo,
         "config": dict(config),
+        "runtime": runtime,
         "rng": rng_state(),
         **(extra or {}),
     }

@@ -43,7 +43,9 @@ def _write(fh, data: bytes | memoryview, target: Path) -> None:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> Path:
-    """Replace ``path`` with ``data``: temp file in the same folder, fsync, ``os.replace``."""
+    """Replace ``path`` with ``data``: temp file in the same folder, fsync, ``os.replace``, then fsync of the
+    folder (without it a power cut or kernel crash soon after could bring back the previous file: intact,
+    but older than what the run reported)."""
     path = Path(path)
     with reporting(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,22 @@ def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> Path:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened or synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # e.g. EINVAL where a filesystem does not sync folders
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

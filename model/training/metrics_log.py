@@ -5,6 +5,7 @@ cut back to the checkpoint's step, so that lines logged after the last checkpoin
 run (stopped, killed, or out of disk space) are not repeated: the resumed file reads like an
 uninterrupted run's. The cut rewrites the file atomically, and an append that fails is undone
 (see :mod:`model.training.disk_full`); a last line torn by kill -9 mid-append is dropped on reading.
+Only a resumed run reads the file: a new run starts it afresh, whatever an earlier run left there.
 """
 from __future__ import annotations
 
@@ -23,18 +24,19 @@ class MetricsLog:
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
         self.records: list[dict[str, Any]] = []
-        if self.path and self.path.exists():
-            self.records = _read(self.path)
 
     def truncate_after(self, step: int, epochs_done: int) -> None:
-        """Keep train records up to ``step`` and validation records of the ``epochs_done`` finished
-        epochs (records count epochs from 1); drop everything else, test records included."""
+        """On resume: read the file, keep train records up to ``step`` and validation records of the
+        ``epochs_done`` finished epochs (records count epochs from 1); drop everything else, test records included."""
+        if self.path and self.path.exists():
+            self.records = _read(self.path)
         keep = [r for r in self.records
                 if (r["kind"] == "train" and r["step"] <= step)
                 or (r["kind"] == "val" and r["epoch"] <= epochs_done)]
         self._rewrite(keep)
 
     def reset(self) -> None:
+        """A new run: an empty file."""
         self._rewrite([])
 
     def log(self, record: dict[str, Any]) -> None:

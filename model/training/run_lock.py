@@ -3,8 +3,20 @@
 Two trainers on one run directory would interleave their metrics and overwrite each other's
 checkpoints, so a second one is refused, naming the holder (host, pid, start time, command) that
 the lock file records. The kernel drops an ``flock`` when its process dies, kill -9 included, so a
-lock file left behind by a dead trainer is not held by anybody: it is taken over with a notice
-naming the dead holder. (On network filesystems this relies on their lock support, as NFSv4 has.)
+lock file left behind by a dead trainer of this host is not held by anybody: it is taken over with a
+notice naming the dead holder.
+
+Another host is a different matter: where ``flock`` only works within one machine (NFS mounted with
+``nolock`` or ``local_lock``, Lustre's ``localflock``), a live run on another node holds no lock this
+node can see. A lock file naming another host is therefore refused even when ``flock`` succeeds, with
+one line naming that run; ``--break-lock`` (train.py) takes it over once the user has checked that run
+is gone (e.g. a job killed on a node that has since been given back).
+
+A filesystem without file locks at all (``flock`` fails with ENOLCK, EOPNOTSUPP or ENOSYS: Lustre
+mounted without ``flock``, some FUSE filesystems) gets a notice and the same judgement from the lock
+file alone: another host's lock is refused as above, this host's is refused while its pid is alive.
+Refusing to run there instead would make train.py unusable on common cluster scratch filesystems;
+what is lost is only the detection of two trainers started within the same instant.
 
 The lock is taken before anything reads or writes the run directory (``--resume`` included); if
 the directory did not exist and the run fails before writing into it, it is removed again.
@@ -12,6 +24,7 @@ the directory did not exist and the run fails before writing into it, it is remo
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -23,17 +36,22 @@ from model.training.disk_full import reporting
 from pipeline.errors import ConfigError
 
 LOCK_NAME = ".lock"
+BREAK_FLAG = "--break-lock"
+#: flock's answers on a filesystem that has no file locks (as opposed to "somebody holds it").
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
 class RunLock:
-    """Context manager: hold ``run_dir``'s lock (or do nothing when ``enabled`` is False: ranks ≠ 0)."""
+    """Context manager: hold ``run_dir``'s lock (or do nothing when ``enabled`` is False: ranks ≠ 0).
+    ``break_lock``: take over a lock that names another host (or, without file locks, a live pid)."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True, break_lock: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
-        self.enabled = enabled
-        self.notice: str | None = None  # set when a dead trainer's lock was taken over
+        self.enabled, self.break_lock = enabled, break_lock
+        self.notices: list[str] = []  # one line each: a lock taken over, a filesystem without locks
         self._fd: int | None = None
+        self._me: dict | None = None
         self._created_dir = False
 
     def __enter__(self) -> "RunLock":
@@ -42,21 +60,30 @@ class RunLock:
         self._created_dir = not self.run_dir.exists()
         with reporting(self.path):
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._fd = _lock(self.path)
-            previous = _read(self._fd)
-            if previous:
-                self.notice = (f"{self.path}: took over the lock of pid {previous.get('pid', '?')} on host "
-                               f"{previous.get('host', '?')} (since {previous.get('started', '?')}), which ended "
-                               "without releasing it (killed?)")
+            self._fd, no_locks = _lock(self.path)
+            if no_locks:
+                self.notices.append(f"notice: {self.path}: this filesystem has no file locks (flock: {no_locks}); "
+                                    "judging a previous lock by the host and pid it names")
+            try:
+                previous = _read(self._fd)
+                if previous:
+                    self.notices.append(_take_over(self.path, previous, flock_held=not no_locks,
+                                                   break_lock=self.break_lock))
+            except BaseException:
+                os.close(self._fd)
+                self._fd = None
+                raise
+            self._me = _me()
             os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, (json.dumps(_me()) + "\n").encode(), 0)
+            os.pwrite(self._fd, (json.dumps(self._me) + "\n").encode(), 0)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is None:
             return
         try:
-            if _same_file(self.path, self._fd):
+            # Not if --break-lock elsewhere has taken the file over meanwhile: then it is that run's.
+            if _same_file(self.path, self._fd) and _read(self._fd) == self._me:
                 self.path.unlink()
         finally:
             os.close(self._fd)  # releases the flock
@@ -68,8 +95,9 @@ class RunLock:
                 pass
 
 
-def _lock(path: Path) -> int:
-    """An fd of ``path`` holding an exclusive flock; ConfigError naming the holder if a live process has it."""
+def _lock(path: Path) -> tuple[int, str]:
+    """An fd of ``path`` holding an exclusive flock, and "" — or, where the filesystem has no locks,
+    the fd and flock's error name. ConfigError naming the holder if a live process holds it."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -77,12 +105,51 @@ def _lock(path: Path) -> int:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            who = _holder(holder) if holder else "another trainer"
-            raise ConfigError(f"run directory {path.parent} is in use by {who} (lock file {path}); wait for that run "
-                              "to end, stop it, or choose another --out") from None
+            raise _in_use(path, holder) from None
+        except OSError as err:
+            if err.errno not in NO_LOCKS:
+                os.close(fd)
+                raise
+            return fd, errno.errorcode.get(err.errno, str(err.errno))
         if _same_file(path, fd):
-            return fd
+            return fd, ""
         os.close(fd)  # the holder released and removed the file between our open and our flock: retry
+
+
+def _take_over(path: Path, previous: dict, *, flock_held: bool, break_lock: bool) -> str:
+    """The notice for taking over the lock file ``previous`` of a run that no longer holds it, or
+    ConfigError where that run may still be alive: on another host (whose locks this one may not
+    see), or, without file locks, a live pid on this host. ``break_lock`` overrides both."""
+    host, pid = previous.get("host", "?"), previous.get("pid")
+    foreign = host != socket.gethostname()
+    live = not foreign and not flock_held and isinstance(pid, int) and pid != os.getpid() and _alive(pid)
+    if break_lock and (foreign or live):
+        return (f"{path}: broke the lock of pid {pid} on host {host} (since {previous.get('started', '?')}), "
+                f"as {BREAK_FLAG} asked")
+    if foreign:
+        raise ConfigError(f"run directory {path.parent} is locked by {_holder(previous)}, another host, whose "
+                          f"file locks this host may not see; if that run has ended, rerun with {BREAK_FLAG} "
+                          f"to take the directory over (lock file {path})")
+    if live:
+        raise _in_use(path, previous, f"; if pid {pid} is not that run any more, rerun with {BREAK_FLAG}")
+    return (f"{path}: took over the lock of pid {pid if pid is not None else '?'} on host {host} "
+            f"(since {previous.get('started', '?')}), which ended without releasing it (killed?)")
+
+
+def _in_use(path: Path, holder: dict | None, hint: str = "") -> ConfigError:
+    who = _holder(holder) if holder else "another trainer"
+    return ConfigError(f"run directory {path.parent} is in use by {who} (lock file {path}); wait for that run "
+                       f"to end, stop it, or choose another --out{hint}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process
+        return True
+    return True
 
 
 def _same_file(path: Path, fd: int) -> bool:

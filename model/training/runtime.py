@@ -37,6 +37,7 @@ class Runtime:
     chosen_by: dict[str, str] = field(default_factory=dict)  # each "auto" setting → what decided it
     note: str = ""  # one line for the run header: how the "auto" settings were decided
     probe: Any = None  # model.training.probe.ProbeResult when a probe of the step decided
+    resumed_compile: bool | None = None  # a resumed run's compile "auto" as its start decided it (decide_compile)
 
     @property
     def is_main(self) -> bool:
@@ -200,11 +201,69 @@ def resolve_runtime(cfg: dict[str, Any], rank: int = 0, local_rank: int = 0, wor
 
 def decide_compile(rt: Runtime, planned_steps: int) -> Runtime:
     """``rt`` with compile "auto" decided by the probe's numbers for a run of ``planned_steps`` more steps
-    (every rank holds rank 0's probe and the same step count, so all decide alike); unchanged otherwise."""
+    (every rank holds rank 0's probe and the same step count, so all decide alike); unchanged otherwise.
+    A resumed run keeps its start's decision (:func:`keep_resumed_choices`); the note says if this one differs."""
     if rt.chosen_by.get("compile") != "run length" or rt.probe is None:
         return rt
     on, why = rt.probe.compile_verdict(planned_steps)
+    if rt.resumed_compile is not None:
+        kept = rt.resumed_compile
+        why = (f"compile {_shown(kept)} as the run's start decided (checkpoint)"
+               + (f"; for the steps left: {why}" if on != kept else ""))
+        return replace(rt, compile=kept, note=f"{rt.note}; {why}", chosen_by={**rt.chosen_by, "compile": "checkpoint"})
     return replace(rt, compile=on, note=f"{rt.note}; {why}")
+
+
+#: What a checkpoint keeps of the runtime: a resumed run computes as its start did (keep_resumed_choices).
+CHOICES = ("amp", "channels_last", "compile")
+
+
+def runtime_choices(rt: Runtime) -> dict[str, Any]:
+    """The resolved choices for the checkpoint: {"device": "cpu"|"cuda", "amp", "channels_last", "compile"}."""
+    return {"device": rt.device.type, **{k: getattr(rt, k) for k in CHOICES}}
+
+
+def keep_resumed_choices(rt: Runtime, saved: dict[str, Any] | None, explicit: set[str]) -> tuple[Runtime, str | None]:
+    """``rt`` with the amp, channels_last and compile that a resumed checkpoint's run used (``saved``:
+    :func:`runtime_choices`), so that the resumed run computes the same way whatever this machine's probe
+    or flags would choose now, and a notice line naming what differs from that (None when nothing does).
+
+    What the command line sets (``explicit``: the keys given as --key, "auto" included) is decided afresh;
+    so is everything when the checkpoint holds no choices (older checkpoints) or comes from another device
+    type (bit-exactness is gone anyway; a CPU's amp off is no choice for a GPU). Compile is handed to
+    :func:`decide_compile`, which is where a run decides it (the loss is built before then, never compiled
+    by "auto" on CPU)."""
+    if not saved:
+        return rt, None
+    if saved.get("device") != rt.device.type:
+        return rt, (f"notice: the checkpoint was trained on {saved.get('device')}, this run is on {rt.device.type}: "
+                    "amp, channels_last and compile are decided afresh (the resumed run will not be bit-exact)")
+    changes: dict[str, Any] = {}
+    chosen_by, differ = dict(rt.chosen_by), []
+    for key in ("amp", "channels_last"):
+        if key in explicit or key not in saved or (key == "amp" and not _amp_usable(saved[key], rt.device)):
+            continue
+        if saved[key] != getattr(rt, key):
+            differ.append(f"{key} {_shown(getattr(rt, key))}")
+            changes[key] = saved[key]
+        if key in chosen_by:
+            chosen_by[key] = "checkpoint"
+    resumed_compile = None
+    if "compile" not in explicit and chosen_by.get("compile") == "run length" and "compile" in saved:
+        resumed_compile = bool(saved["compile"])
+    rt = replace(rt, **changes, chosen_by=chosen_by, resumed_compile=resumed_compile)
+    if not differ:
+        return rt, None
+    kept = ", ".join(f"{k} {_shown(saved[k])}" for k in ("amp", "channels_last"))
+    flags = " ".join(f"--{d.split()[0]} VALUE" for d in differ)
+    return rt, (f"notice: the resumed run computes as it started ({kept}); on its own this machine would now choose "
+                f"{', '.join(differ)} ({flags} on the command line decides afresh)")
+
+
+def _amp_usable(amp: str, device: torch.device) -> bool:
+    if device.type == "cuda":
+        return amp != "bf16" or torch.cuda.is_bf16_supported()
+    return amp in ("off", "bf16")
 
 
 def _shown(value: Any) -> str:

@@ -19,6 +19,11 @@ result syncs the device, which would stall the kernel queue every step, so it ru
 interval, where train.py syncs anyway, and a stop waits at most ``log_interval`` steps (a
 fraction of a second there), far inside any scheduler's grace period (torchrun's is 30 s).
 
+A stop never waits for a validation: one landing in an epoch's last step writes ``last.pt`` at that
+step (epoch not finished) and leaves the epoch's end to the resumed run. One that arrives after the
+loop's last look at the flag (while the final epoch's end is written, say) is acted on right after
+the loop, before the test evaluation: train.py asks :meth:`StopSignals.should_stop` once more there.
+
 Outside the loop (data preparation, the final evaluation and pictures) nothing is pending that a
 checkpoint could save: there a signal stops the program at once (see ``pipeline.errors.cli_entry``).
 """

@@ -9,12 +9,15 @@ is cheap to know (Male, Smiling, Eyeglasses, hair colour, beard, hat, ...).
 
 Every image is drawn from its own RNG seeded by ``(seed, image number)``, so the output is
 identical whatever the worker count; the order of the random draws is part of that contract
-(see ``face.py``).
+(see ``face.py``), and ``GENERATOR_VERSION`` (tree.py) names the drawing: raise it with any change
+to what is drawn, so that trees of the older drawing are not reused (the tree's record,
+``.synthetic.json``, holds it).
 
 Where things are:
 
     attributes.py  ATTRIBUTES (official order) and ``sample_attributes``
-    tree.py        ``render_image``, ``partition_sizes``, ``write_synthetic_celeba`` (folder or zip, list files)
+    tree.py        ``render_image``, ``partition_sizes``, ``write_synthetic_celeba`` (folder or zip, list files,
+                   the record), ``read_record``, ``GENERATOR_VERSION``
     face.py        ``draw_face``: the drawing steps in order (= the order of the random draws)
     geometry.py    FaceGeometry: one face's sizes, positions and colours, read by the steps
     features.py    ears, head, eyes and brows, nose, cheeks, beard, mouth, glasses
@@ -30,7 +33,8 @@ from __future__ import annotations
 from .attributes import ATTRIBUTES, sample_attributes
 from .cli import main
 from .face import draw_face
-from .tree import OFFICIAL_PARTITION, partition_sizes, render_image, write_synthetic_celeba
+from .tree import (GENERATOR_VERSION, OFFICIAL_PARTITION, RECORD, partition_sizes, read_record, render_image,
+                   write_synthetic_celeba)
 
-__all__ = ["ATTRIBUTES", "OFFICIAL_PARTITION", "draw_face", "main", "partition_sizes", "render_image",
-           "sample_attributes", "write_synthetic_celeba"]
+__all__ = ["ATTRIBUTES", "GENERATOR_VERSION", "OFFICIAL_PARTITION", "RECORD", "draw_face", "main", "partition_sizes",
+           "read_record", "render_image", "sample_attributes", "write_synthetic_celeba"]

@@ -4,9 +4,11 @@ or zip) and the two list files.
 Interrupted (Ctrl-C, SIGTERM, kill -9) the tree never looks complete, and the same call resumes:
 ``list_eval_partition.txt``, which readers (preshard, train.py's default data) take as the sign of
 a finished tree, is removed first and written last, each file atomically (temporary name, then
-rename). A folder run records its (n, seed) in ``.synthetic-partial.json`` while it works; a rerun
-with the same n and seed keeps the images already written (each one complete, being renamed into
-place) and draws the rest. A zip is renamed into place when complete, so a rerun starts it again.
+rename). The tree's record, ``.synthetic.json``, says what it holds (images, seed, the generator's
+version, folder or zip) and whether it is complete; a folder rerun with the same record keeps the
+images already written (each one complete, being renamed into place) and draws the rest. A zip is
+renamed into place when complete, so a rerun starts it again. train.py's default data reads the
+record to decide whether a tree can be reused (model/training/data.py).
 """
 from __future__ import annotations
 
@@ -30,7 +32,12 @@ OFFICIAL_PARTITION = (162_770, 19_867, 19_962)
 IMAGE_FOLDER = "img_align_celeba"
 PARTITION_LIST = "list_eval_partition.txt"  # written last: its presence means the tree is complete
 ATTRIBUTE_LIST = "list_attr_celeba.txt"
-PARTIAL = ".synthetic-partial.json"  # (n, seed) of a folder run in progress: a rerun resumes it
+RECORD = ".synthetic.json"  # {"images", "seed", "generator", "layout", "complete"}: what the tree holds
+LEGACY_PARTIAL = ".synthetic-partial.json"  # the in-progress marker of older versions (images of an older drawing)
+#: The drawing's version. Raise it with every change that alters the images or attributes drawn for a
+#: given (n, seed): trees of another version are then redrawn, never mixed or reused (2: the smile, and
+#: the first version with a record; trees without one are older).
+GENERATOR_VERSION = 2
 
 # (image number, JPEG bytes or None once written to the folder, attribute row of ±1)
 _Rendered = tuple[int, bytes | None, list[int]]
@@ -71,8 +78,9 @@ def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *,
 
     Layout: ``img_align_celeba/000001.jpg…`` (or ``img_align_celeba.zip`` holding that folder
     when ``as_zip``), ``list_eval_partition.txt`` (official proportions, train ids first, then
-    val, then test) and ``list_attr_celeba.txt`` (the 40 official attributes, 1/-1). The bytes
-    depend only on ``n`` and ``seed``, never on ``workers`` or on how often the run was interrupted.
+    val, then test), ``list_attr_celeba.txt`` (the 40 official attributes, 1/-1) and the record
+    ``.synthetic.json``. The bytes depend only on ``n``, ``seed`` and :data:`GENERATOR_VERSION`,
+    never on ``workers`` or on how often the run was interrupted.
     """
     if not isinstance(n, int) or n < 1:
         raise UserError(f"--n must be a positive number of images, got {n!r}")
@@ -82,24 +90,31 @@ def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / PARTITION_LIST).unlink(missing_ok=True)  # from here until the end the tree is unfinished
+    state = {"images": n, "seed": seed, "generator": GENERATOR_VERSION, "layout": "zip" if as_zip else "folder"}
+    previous = read_record(out)
+    resume = previous is not None and {k: previous.get(k) for k in state} == state
+    _atomic_write(out / RECORD, json.dumps({**state, "complete": False}).encode())
+    (out / LEGACY_PARTIAL).unlink(missing_ok=True)
     if as_zip:
         rows = _write_zip(out / f"{IMAGE_FOLDER}.zip", seed, n, workers, progress)
     else:
-        state = {"n": n, "seed": seed}
-        marker = out / PARTIAL
-        resume = marker.is_file() and _read_json(marker) == state
-        _atomic_write(marker, json.dumps(state).encode())
         rows = _write_folder(out / IMAGE_FOLDER, seed, n, workers, progress, keep_existing=resume)
     _atomic_write(out / ATTRIBUTE_LIST, _attribute_list(rows).encode())
     _atomic_write(out / PARTITION_LIST, _partition_list(n).encode())
-    (out / PARTIAL).unlink(missing_ok=True)
+    _atomic_write(out / RECORD, json.dumps({**state, "complete": True}).encode())  # last
     return out
+
+
+def read_record(out_dir: str | os.PathLike) -> dict | None:
+    """The tree's record (see the module docstring), or None where there is none or it is unreadable."""
+    record = _read_json(Path(out_dir) / RECORD)
+    return record if isinstance(record, dict) else None
 
 
 def _write_folder(folder: Path, seed: int, n: int, workers: int, progress: bool, keep_existing: bool
                   ) -> dict[int, list[int]]:
     """The images as files in ``folder`` (the workers write them); returns the attribute rows.
-    ``keep_existing``: images already there are this run's own (same n and seed): keep them."""
+    ``keep_existing``: images already there are this run's own (same n, seed and generator): keep them."""
     folder.mkdir(exist_ok=True)
     _remove_temps(folder)  # a killed worker's unfinished image
     render = partial(_render_chunk, seed, folder=str(folder), keep_existing=keep_existing)
