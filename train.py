@@ -261,7 +261,14 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                 break
 
             # ---------------------------------------------------------- validation + checkpoints
-            val = evaluate(raw, tb.keep_first(val_loader), rt, impl=impl, seed=cfg["seed"]).metrics
+            try:  # a signal during validation: last.pt at the epoch's last step, the resumed run validates
+                val = evaluate(raw, stop.until_signal(tb.keep_first(val_loader)), rt, impl=impl,
+                               seed=cfg["seed"]).metrics
+            except StopSignals.Cut:
+                stop.should_stop(step)
+                save("last.pt", epoch, steps_per_epoch)
+                stopped_early = True
+                break
             log.log({"kind": "val", "step": step, "epoch": epoch + 1, **val})
             tb.scalars(step, val, "val")
             tb.pictures(step, raw, seed=cfg["seed"] + 3, autocast=rt.autocast)  # kept val images, fixed z

@@ -159,6 +159,31 @@ def test_a_signal_after_the_loops_last_look_still_stops_before_the_test(shards_d
     assert not (out / "summary.json").exists() and "test" not in {r["kind"] for r in read_jsonl(out / "metrics.jsonl")}
 
 
+def test_a_signal_during_validation_cuts_it_short(shards_dir, tmp_path, capsys, monkeypatch):
+    """SIGTERM after the first validation batch: the validation stops there, last.pt is written at the epoch's last
+    step with the epoch unfinished (the resumed run validates, as after a stop in that step), no val record."""
+    import train
+
+    real = train.evaluate
+
+    def evaluate(model, batches, *args, **kwargs):
+        def signalled():
+            for i, batch in enumerate(batches):
+                if i == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield batch
+        return real(model, signalled(), *args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    out = tmp_path / "run"
+    rc, err = _main(capsys, "--data", shards_dir, "--out", out, *SETTINGS, "--eval_batch_size", 8)
+    assert rc == 143 and "stopped by SIGTERM at step 12:" in err, err
+    ck = load_checkpoint(out / "checkpoints/last.pt")
+    assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (12, 0, 12)
+    assert "val" not in {r["kind"] for r in read_jsonl(out / "metrics.jsonl")}
+    assert not (out / "checkpoints/best.pt").exists()
+
+
 @pytest.mark.slow
 def test_a_second_ctrl_c_quits_at_once_without_saving(shards_dir, tmp_path):
     out = tmp_path / "run"

@@ -20,7 +20,9 @@ interval, where train.py syncs anyway, and a stop waits at most ``log_interval``
 fraction of a second there), far inside any scheduler's grace period (torchrun's is 30 s).
 
 A stop never waits for a validation: one landing in an epoch's last step writes ``last.pt`` at that
-step (epoch not finished) and leaves the epoch's end to the resumed run. One that arrives after the
+step (epoch not finished) and leaves the epoch's end to the resumed run; one landing during the
+validation cuts it short (:meth:`StopSignals.until_signal`) and does the same, in one process (under
+DDP the ranks would have to agree batch by batch; there the validation, on GPUs, is short). One that arrives after the
 loop's last look at the flag (while the final epoch's end is written, say) is acted on right after
 the loop, before the test evaluation: train.py asks :meth:`StopSignals.should_stop` once more there.
 
@@ -36,6 +38,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -82,6 +85,17 @@ class StopSignals:
                             "(Ctrl-C again to quit without saving)\n".encode())
         elif signum == signal.SIGINT and now - self._received_at > self._same_press:
             raise Interrupted(signum)
+
+    class Cut(Exception):
+        """Raised by :meth:`until_signal`'s iterator: a stop signal arrived while it was being read."""
+
+    def until_signal(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """``batches``, cut short by a stop signal (:class:`Cut`) in a single process, so that a stop does
+        not wait for a whole validation; under DDP unchanged (a rank leaving alone would hang the others)."""
+        for batch in batches:
+            if self.received is not None and not self.distributed:
+                raise self.Cut
+            yield batch
 
     def should_stop(self, step: int, *, force: bool = False) -> bool:
         """Whether to stop after ``step``. Under DDP every rank must call this after every step (and
