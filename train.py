@@ -49,7 +49,7 @@ from model.training.progress import EpochProgress, epoch_table, make_console
 from model.training.run_lock import RunLock
 from model.training.runtime import (decide_compile, init_distributed, keep_resumed_choices, launch_rank,
                                     resolve_runtime, runtime_choices, shutdown_distributed)
-from model.training.schedules import beta_at, lr_at
+from model.training.schedules import config_beta_at, lr_at
 from model.training.signals import StopSignals, resume_command
 from model.training.tensorboard_log import TensorBoardLog
 from model.training.train_step import NonFiniteWatch, TrainingDiverged, train_step
@@ -212,9 +212,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                                schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"])
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    beta = beta_at(step, beta=cfg["beta"], schedule=cfg["kl_schedule"],
-                                   warmup_steps=cfg["kl_warmup_steps"], total_steps=total_steps,
-                                   cycles=cfg["kl_cycles"], ratio=cfg["kl_ratio"])
+                    beta = config_beta_at(step, cfg, total_steps)
                     beta_t.fill_(beta)
                     parts = train_step(model, optimizer, scaler, x, beta_t, loss_fn=loss_fn, autocast=rt.autocast(),
                                        grad_clip=cfg["grad_clip"], params=params)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from model.training.disk_full import atomic_write
-from model.training.schedules import beta_at
+from model.training.schedules import config_beta_at
 
 
 def pyplot():
@@ -147,9 +147,7 @@ def _beta_panel(ax, train: list[dict[str, Any]], config: dict[str, Any] | None, 
     logged = [(r["step"], r["beta"]) for r in train if r.get("beta") is not None]
     if config is not None and total_steps:
         # train.py draws β for 0-based step s before the update; the record of that update says step s + 1
-        betas = [beta_at(s, beta=config["beta"], schedule=config["kl_schedule"], warmup_steps=config["kl_warmup_steps"],
-                         total_steps=total_steps, cycles=config["kl_cycles"], ratio=config["kl_ratio"])
-                 for s in range(total_steps)]
+        betas = [config_beta_at(s, config, total_steps) for s in range(total_steps)]
         ax.plot(range(1, total_steps + 1), betas, lw=1.2, color="tab:purple", label="schedule (every step)")
         if logged:
             ax.plot(*zip(*logged), ".", color="black", ms=3, label="logged steps")

@@ -201,15 +201,17 @@ def _finite(key: str, value: float) -> float:
 
 
 def _not_a_choice(key: str, value: str, choices: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(value, choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}{hint}")
+    return ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}{_closest(value, choices)}")
 
 
 def _unknown(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, SCHEMA, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}")
+    return ConfigError(f"unknown config key {key!r}{_closest(key, SCHEMA)}")
+
+
+def _closest(name: str, known: Sequence[str]) -> str:
+    """" (did you mean 'X'?)" for the closest of ``known``, or "" when none is close."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:

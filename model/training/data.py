@@ -6,7 +6,6 @@ and passes the runtime's device/rank/memory-format choices to ``pipeline.make_lo
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -16,7 +15,7 @@ from typing import Any, Callable
 from model.training.runtime import Runtime
 from pipeline.errors import DataError
 from pipeline.layout import MANIFEST
-from pipeline.synthetic.tree import PARTITION_LIST, RECORD
+from pipeline.synthetic.tree import PARTITION_LIST, RECORD, read_record, write_record
 
 
 def check_shards(shards: str | Path) -> dict[str, int]:
@@ -68,11 +67,11 @@ def synthetic_shards(src: Path, shards: Path, n: int, seed: int = 0, console: An
 
     want = {"images": n, "seed": seed, "generator": GENERATOR_VERSION}
     shards_want = {**want, "source": str(src.resolve())}
-    shards_rec = _read_record(shards)
+    shards_rec = read_record(shards)
     if shards_rec == shards_want and (shards / MANIFEST).is_file():
         return shards
     # Decide about both folders before touching either: a refusal must leave everything as it was.
-    tree_rec = _read_record(src)
+    tree_rec = read_record(src)
     tree_state = ("done" if _tree_matches(tree_rec, want, complete=True) and (src / PARTITION_LIST).is_file()
                   else "same" if _tree_matches(tree_rec, want) else _other_or_foreign(src, tree_rec, _ours_tree))
     if tree_state == "done" and shards_rec == shards_want:
@@ -100,7 +99,7 @@ def synthetic_shards(src: Path, shards: Path, n: int, seed: int = 0, console: An
     if shards_state == "other":
         _clear(shards)
     shards.mkdir(parents=True, exist_ok=True)
-    _write_record(shards, shards_want)
+    write_record(shards, shards_want)
     if console is not None:
         console.print(f"[bold]data:[/] presharding {src} → {shards}")
     preshard(src, shards, progress=True)  # manifest.json last: complete only now
@@ -161,24 +160,10 @@ def _describe(record: dict | None) -> str:
             f"{', unfinished' if record.get('complete') is False else ''})")
 
 
-def _read_record(folder: Path) -> dict | None:
-    try:
-        record = json.loads((folder / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _write_record(folder: Path, record: dict) -> None:
-    tmp = folder / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(record) + "\n")
-    os.replace(tmp, folder / RECORD)
-
-
 def _clear(folder: Path) -> None:
     """Empty ``folder`` (ours: checked by the caller). The record goes first and comes back as a marker that
     matches nothing, so a clear that is interrupted is finished by the next call, never taken for a set."""
-    _write_record(folder, {"clearing": True})
+    write_record(folder, {"clearing": True})
     for p in folder.iterdir():
         if p.name == RECORD:
             continue

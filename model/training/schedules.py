@@ -4,7 +4,8 @@ Both are pure (no state, no device): train.py asks for the value at each step, s
 exactly the values it would have had, and tests can check them against their formulas.
 
     lr_at      linear warm-up, then constant or cosine decay (``lr_schedule``)
-    beta_at    KL weight: linear warm-up, constant, or cyclical (``kl_schedule``)
+    beta_at    KL weight: linear warm-up, constant, or cyclical (``kl_schedule``); config_beta_at
+               the same with the settings read from a run config
 """
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ def cycle_start(step: int, *, total_steps: int, cycles: int) -> int:
     total = max(1, total_steps)
     c = min(cycles - 1, ((step + 1) * cycles - 1) // total)
     return c * total // cycles
+
+
+def config_beta_at(step: int, cfg: dict, total_steps: int) -> float:
+    """:func:`beta_at` with the schedule's settings read from a run's config (train.py's loop, the β panel)."""
+    return beta_at(step, beta=cfg["beta"], schedule=cfg["kl_schedule"], warmup_steps=cfg["kl_warmup_steps"],
+                   total_steps=total_steps, cycles=cfg["kl_cycles"], ratio=cfg["kl_ratio"])
 
 
 def beta_at(step: int, *, beta: float, schedule: str, warmup_steps: int, total_steps: int, cycles: int,

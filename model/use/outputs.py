@@ -39,12 +39,10 @@ def check_folder(folder: str | Path | None, option: str) -> None:
     if folder is None:
         return
     folder = Path(folder)
-    for path in (folder, *folder.parents):
-        if path.exists():
-            if not path.is_dir():
-                what = "that is a file" if path == folder else f"{path} is a file, not a folder"
-                raise ConfigError(f"{option} {folder}: {what}; name a folder")
-            return
+    blocking = _file_in_the_way(folder)
+    if blocking is not None:
+        what = "that is a file" if blocking == folder else f"{blocking} is a file, not a folder"
+        raise ConfigError(f"{option} {folder}: {what}; name a folder")
 
 
 def check_file(path: Path, suffix: str) -> Path:
@@ -52,12 +50,18 @@ def check_file(path: Path, suffix: str) -> Path:
     folder is a file."""
     if path.suffix.lower() != suffix:
         raise ConfigError(f"--out {path}: this command writes a {suffix} file; name one ending in {suffix}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--out {path}: {parent} is a file, not a folder")
-            break
+    blocking = _file_in_the_way(path.parent)
+    if blocking is not None:
+        raise ConfigError(f"--out {path}: {blocking} is a file, not a folder")
     return path
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing path at or above ``folder`` if it is a file (``folder`` cannot be made), else None."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -17,7 +17,7 @@ Where things are:
 
     attributes.py  ATTRIBUTES (official order) and ``sample_attributes``
     tree.py        ``render_image``, ``partition_sizes``, ``write_synthetic_celeba`` (folder or zip, list files,
-                   the record), ``read_record``, ``GENERATOR_VERSION``
+                   the record), ``read_record`` / ``write_record``, ``GENERATOR_VERSION``
     face.py        ``draw_face``: the drawing steps in order (= the order of the random draws)
     geometry.py    FaceGeometry: one face's sizes, positions and colours, read by the steps
     features.py    ears, head, eyes and brows, nose, cheeks, beard, mouth, glasses
@@ -34,7 +34,7 @@ from .attributes import ATTRIBUTES, sample_attributes
 from .cli import main
 from .face import draw_face
 from .tree import (GENERATOR_VERSION, OFFICIAL_PARTITION, RECORD, partition_sizes, read_record, render_image,
-                   write_synthetic_celeba)
+                   write_record, write_synthetic_celeba)
 
 __all__ = ["ATTRIBUTES", "GENERATOR_VERSION", "OFFICIAL_PARTITION", "RECORD", "draw_face", "main", "partition_sizes",
-           "read_record", "render_image", "sample_attributes", "write_synthetic_celeba"]
+           "read_record", "render_image", "sample_attributes", "write_record", "write_synthetic_celeba"]

@@ -93,7 +93,7 @@ def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *,
     state = {"images": n, "seed": seed, "generator": GENERATOR_VERSION, "layout": "zip" if as_zip else "folder"}
     previous = read_record(out)
     resume = previous is not None and {k: previous.get(k) for k in state} == state
-    _atomic_write(out / RECORD, json.dumps({**state, "complete": False}).encode())
+    write_record(out, {**state, "complete": False})
     (out / LEGACY_PARTIAL).unlink(missing_ok=True)
     if as_zip:
         rows = _write_zip(out / f"{IMAGE_FOLDER}.zip", seed, n, workers, progress)
@@ -101,14 +101,20 @@ def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *,
         rows = _write_folder(out / IMAGE_FOLDER, seed, n, workers, progress, keep_existing=resume)
     _atomic_write(out / ATTRIBUTE_LIST, _attribute_list(rows).encode())
     _atomic_write(out / PARTITION_LIST, _partition_list(n).encode())
-    _atomic_write(out / RECORD, json.dumps({**state, "complete": True}).encode())  # last
+    write_record(out, {**state, "complete": True})  # last
     return out
 
 
 def read_record(out_dir: str | os.PathLike) -> dict | None:
-    """The tree's record (see the module docstring), or None where there is none or it is unreadable."""
+    """The record ``.synthetic.json`` of a folder (the tree's: see the module docstring; the trainer keeps one
+    beside its shards too), or None where there is none or it is unreadable."""
     record = _read_json(Path(out_dir) / RECORD)
     return record if isinstance(record, dict) else None
+
+
+def write_record(out_dir: str | os.PathLike, record: dict) -> None:
+    """Replace a folder's record atomically (temp file, rename)."""
+    _atomic_write(Path(out_dir) / RECORD, (json.dumps(record) + "\n").encode())
 
 
 def _write_folder(folder: Path, seed: int, n: int, workers: int, progress: bool, keep_existing: bool
