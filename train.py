@@ -46,7 +46,8 @@ from model.training.metrics_log import MetricsLog
 from model.training.peak import measure_matmul_peak
 from model.training.probe import probe_step
 from model.training.progress import EpochProgress, epoch_table, make_console
-from model.training.run_lock import RunLock
+from model.training.bounds import check_bounds
+from model.training.run_lock import RunLock, check_fresh_run
 from model.training.runtime import (decide_compile, init_distributed, keep_resumed_choices, launch_rank,
                                     resolve_runtime, runtime_choices, shutdown_distributed)
 from model.training.schedules import config_beta_at, lr_at
@@ -54,7 +55,8 @@ from model.training.signals import StopSignals, resume_command
 from model.training.tensorboard_log import TensorBoardLog
 from model.training.train_step import NonFiniteWatch, TrainingDiverged, train_step
 from model.vae import ConvVAE, VAEConfig, count_parameters
-from pipeline.errors import ConfigError, Interrupted, cli_entry, same_command, signal_name
+from pipeline.errors import (ConfigError, Interrupted, cli_entry, disk_full_message, is_disk_full, same_command,
+                             signal_name)
 
 
 @cli_entry
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--break-lock", action="store_true",
                         help="take over a run directory whose lock names another host (its locks may be invisible "
                              "here): only once you have checked that run has ended")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a run directory that holds another run: its checkpoints, metrics and "
+                             "pictures are removed first (without this, such a directory is refused)")
     args, overrides = parse_overrides(parser, argv)
     base = read_config_file(args.config)
     run_dir = Path(args.out) if args.out else Path(overrides.get("out_dir", base["out_dir"])) / overrides.get("name", base["name"])
@@ -84,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             resume = load_checkpoint(ckpt_dir / "last.pt")
             base = {**base, **resume["config"]}  # the run's own settings; the command line still wins
         cfg = validate({**base, **overrides})
+        check_bounds(cfg)
         if resume is not None and (diff := model_mismatch(resume["config"], cfg)):
             raise ConfigError(f"checkpoint {ckpt_dir / 'last.pt'} is from another model config ({'; '.join(diff)})")
+        # After the config is known good, so that a typo never costs an --overwrite'd run; before any write.
+        for notice in check_fresh_run(run_dir, resume=args.resume, overwrite=args.overwrite) if lock.enabled else ():
+            print(notice, file=sys.stderr)
 
         rank, local_rank, world_size = init_distributed()
         last = LastCheckpoint(ckpt_dir / "last.pt", resume["step"] if resume else None)
@@ -95,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                             download=args.download_perceptual_weights, explicit=set(overrides))
         except (KeyboardInterrupt, DiskFull) as err:
             raise _with_resume_hint(err, last, run_dir) from None
+        except OSError as err:  # a full disk outside the run's own writes (data, caches): the same resume line
+            if not is_disk_full(err):
+                raise
+            full = DiskFull(disk_full_message(err.filename if err.filename is not None else run_dir, err))
+            raise _with_resume_hint(full, last, run_dir) from None
         finally:
             shutdown_distributed()
 

@@ -59,8 +59,9 @@ def train_variant(name: str, shards: Path, out: Path, epochs: int, extra: list[s
         overrides = {**overrides, "perceptual_weight": w, "perceptual_weights": weights}
         what = what.replace("w ·", f"{w:g} ·")
     args = [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
-    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(shards), "--out", str(out / name), "--epochs",
-           str(epochs), "--seed", "0", *args, *extra]
+    # --overwrite: a rerun of the bench replaces its own earlier run of the variant (train.py refuses a used folder).
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(shards), "--out", str(out / name), "--overwrite",
+           "--epochs", str(epochs), "--seed", "0", *args, *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0

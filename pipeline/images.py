@@ -20,6 +20,8 @@ from .transforms import decode_crop_resize
 
 #: CelebA's aligned images, for which the default crop (148) was chosen.
 CELEBA_SIZE = (178, 218)
+#: The largest image file read whole (a 100-megapixel photo is well under it).
+MAX_IMAGE_BYTES = 256_000_000
 
 
 def read_image_file(path: str | os.PathLike, crop: int | None = 148, size: int = 64) -> np.ndarray:
@@ -31,7 +33,11 @@ def read_image_file(path: str | os.PathLike, crop: int | None = 148, size: int =
     if not path.exists():
         raise DataError(f"image file {path} does not exist")
     if not path.is_file():
-        raise DataError(f"{path} is not an image file (it is a folder)")
+        what = "a folder" if path.is_dir() else "not a regular file (a pipe or a device?)"
+        raise DataError(f"{path} is not an image file (it is {what})")
+    if path.stat().st_size > MAX_IMAGE_BYTES:
+        raise DataError(f"image file {path} has {path.stat().st_size / 1e6:,.0f} MB, more than the "
+                        f"{MAX_IMAGE_BYTES / 1e6:,.0f} MB a face photo may have; pass a smaller copy")
     try:
         data = path.read_bytes()
     except OSError as err:

@@ -121,8 +121,11 @@ def make_loader(
         raise ConfigError(f"split {split!r} has {split_shards.count} samples, fewer than world_size={world_size}: "
                           f"rank {rank} would get none")
     if plan.num_batches == 0:
-        raise ConfigError(f"batch_size={batch_size} is larger than the {split_shards.count // world_size} samples per "
-                          f"rank of split {split!r}, so drop_last leaves no batch: lower batch_size or set drop_last=False")
+        per_rank = split_shards.count // world_size
+        raise ConfigError(f"batch size {batch_size} is larger than the {per_rank} samples "
+                          f"{'per process ' if world_size > 1 else ''}of split {split!r}, and an epoch drops the last "
+                          f"short batch, so it would have none: lower the batch size to at most {per_rank} "
+                          f"(train.py: --batch_size {per_rank}), or use more data")
 
     kind = _resolve_backend(backend, dev)
     threads = _default_threads() if num_threads is None else num_threads

@@ -116,8 +116,8 @@ def bad(message: str, split: str = "val", batch_size=4, **options):
 BAD_OPTIONS = [
     bad("batch_size must be a positive integer, got 0", "train", 0),
     bad("batch_size must be a positive integer, got True", "train", True),
-    bad("samples per rank of split 'train', so drop_last leaves no batch: lower batch_size", "train",
-        LARGER_THAN_TRAIN),
+    bad("samples of split 'train', and an epoch drops the last short batch, so it would have none: lower the "
+        "batch size to at most", "train", LARGER_THAN_TRAIN),
     bad("unknown split 'validation': expected one of train, val, test", "validation"),
     bad("unknown loader backend 'magic': expected one of auto, dali, dali-gpu, dali-cpu, webdataset",
         backend="magic"),

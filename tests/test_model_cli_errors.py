@@ -114,7 +114,7 @@ def test_bad_run(run_dir, tmp_path, capsys, case, expect):
     ("edit", ["{test_key}", "--add", "Bald=1", "--min-count", "10"], "attribute 'Bald' has no direction"),
     ("edit", ["{test_key}"], "give --add NAME=AMOUNT (one or more) or --sweep NAME"),
     ("attributes", ["--min-count", "1000"], "no attribute has 1000 faces with and without it"),
-    ("sample", ["--n", "0"], "--n must be >= 1"),
+    ("sample", ["--n", "0"], "--n must be in 1..1,024"),
     ("encode", [], "this command writes a .npz file; name one ending in .npz"),
     ("sample", ["--bogus"], "unrecognized arguments: --bogus"),
     ("interpolate", ["{test_key}"], "the following arguments are required"),

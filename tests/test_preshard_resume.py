@@ -218,7 +218,8 @@ def test_cli_prints_a_table_and_one_line_errors(small_trees, tmp_path, capsys):
     assert err.startswith("error:") and err.count("error:") == 1 and "Traceback" not in err
     assert "does not exist" in " ".join(err.split())
     assert main(["--celeba", str(folder), "--out", str(tmp_path / "o"), "--shard-mb", "0"]) == 2
-    assert capsys.readouterr().err == "error: --shard-mb must be positive, got 0.0\n"
+    assert capsys.readouterr().err == ("error: --shard-mb must be a number in 0.066..100,000 (64 KiB to 100 GB per "
+                                       "tar; 100 suits DALI), got 0.0\n")
 
 
 def test_python_dash_m_runs_the_cli_with_a_worker_pool(celeba_tree, shards_dir, tmp_path):

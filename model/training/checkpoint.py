@@ -92,16 +92,22 @@ def make_checkpoint(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by this project; ConfigError when absent or not ours."""
+    from model.training.checkpoint_file import check_archive, load_failed
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"no checkpoint to resume from: {path} does not exist")
+    check_archive(path)  # python -m model reads checkpoints too: both say the same about a damaged file
     try:
         # Our own files: they hold RNG states (numpy arrays, tuples), so not weights_only.
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign file
-        raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    except Exception as err:  # damaged past its first bytes
+        raise load_failed(path, err) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a checkpoint of this trainer (format {FORMAT})")
+    missing = [k for k in ("model", "optimizer", "config", "step", "epoch", "batch_in_epoch", "rng") if k not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict):
+        raise ConfigError(f"{path} is damaged: its {', '.join(map(repr, missing or ['config']))} entry is missing")
     return ckpt
 
 

@@ -256,15 +256,39 @@ def read_config_file(path: str | Path | None = None) -> dict[str, Any]:
     refused here, naming the file and the closest key. No ``path`` (or config.json itself): the defaults.
     """
 
+    a_config = "a config is a JSON object of config keys, such as configs/celeba128.json"
+    max_bytes = 1_000_000  # far above any config (config.json is about 5 kB), far below what takes long to read
+
     def read(file: Path) -> dict[str, Any]:
+        # Every way a file can fail to be a config gets its own line: what the file is, and what a config is.
+        if not file.exists():
+            raise ConfigError(f"config file {file} does not exist")
+        if file.is_dir():
+            raise ConfigError(f"config file {file} is a directory")
+        if not file.is_file():  # a pipe or a device (/dev/zero, /dev/stdin) would be read forever
+            raise ConfigError(f"config file {file} is not a regular file; {a_config}")
+        if file.stat().st_size > max_bytes:
+            raise ConfigError(f"config file {file} has {file.stat().st_size:,} bytes, more than a config's "
+                              f"{max_bytes:,}: is it the right file? {a_config}")
+        raw = file.read_bytes()
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise ConfigError(f"config file {file} is UTF-16 text; save it as UTF-8 ({a_config})")
+        if raw.startswith(b"PK\x03\x04"):
+            raise ConfigError(f"config file {file} is a zip archive (a checkpoint?), not JSON; {a_config}")
+        if b"\x00" in raw:  # JSON text never holds a NUL byte; UTF-16 without its mark and binary files do
+            raise ConfigError(f"config file {file} holds NUL bytes: a binary file, or UTF-16 text (save it as "
+                              f"UTF-8); {a_config}")
         try:
-            doc = json.loads(file.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {file} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"config file {file} is a directory") from None
+            text = raw.decode("utf-8-sig")  # a byte-order mark, as some Windows editors write, is fine
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {file} is not UTF-8 text (byte {err.start} is {raw[err.start]:#04x}): "
+                              f"is it the right file? {a_config}") from None
+        try:
+            doc = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"config file {file} is not valid JSON: {err}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {file} is nested too deeply to be a config; {a_config}") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"config file {file} must hold a JSON object")
         return doc

@@ -124,7 +124,7 @@ def _other_or_foreign(folder: Path, record: dict | None, ours: Callable[[Path], 
 def _ours_tree(folder: Path) -> bool:
     """A tree from before records: only the generator's files (images named like ``000001.jpg``)."""
     names = {"img_align_celeba", "img_align_celeba.zip", "list_eval_partition.txt", "list_attr_celeba.txt",
-             ".synthetic-partial.json"}
+             ".synthetic-partial.json", ".synthetic.lock"}  # the lock file: left behind by a kill -9
     if not all(p.name in names or _temp(p.name) for p in folder.iterdir()):
         return False
     images = folder / "img_align_celeba"
@@ -136,7 +136,7 @@ def _ours_shards(folder: Path, src: Path) -> bool:
     from pipeline.layout import SPLITS
     from pipeline.preshard.state import our_files
 
-    names = {MANIFEST, *SPLITS, ".preshard-state.jsonl"}
+    names = {MANIFEST, *SPLITS, ".preshard-state.jsonl", ".preshard.lock"}  # the lock file: left by a kill -9
     if not all(p.name in names or p.name.endswith(".partial") for p in folder.iterdir()):
         return False
     files = [p for split in SPLITS if (folder / split).is_dir() for p in (folder / split).iterdir()]

@@ -20,6 +20,12 @@ what is lost is only the detection of two trainers started within the same insta
 
 The lock is taken before anything reads or writes the run directory (``--resume`` included); if
 the directory did not exist and the run fails before writing into it, it is removed again.
+
+Holding the lock, a run without ``--resume`` checks that the directory holds no other run
+(:func:`check_fresh_run`): a fresh run into a used directory would replace ``last.pt`` and keep the old
+``best.pt`` and pictures beside its own config, and ``python -m model`` would then serve the old weights
+under the new config. It is refused, naming ``--resume``, another ``--out`` and ``--overwrite``, which
+removes what train.py and ``python -m model`` wrote there (and nothing else) before the run starts.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -37,6 +44,14 @@ from pipeline.errors import ConfigError
 
 LOCK_NAME = ".lock"
 BREAK_FLAG = "--break-lock"
+OVERWRITE_FLAG = "--overwrite"
+#: What a run that never reached its first checkpoint leaves: a fresh run simply replaces these.
+_UNFINISHED = {LOCK_NAME, "config.json", "metrics.jsonl", "checkpoints"}
+#: Files and folders of a run: train.py's (config, metrics, pictures, summary, evaluation, checkpoints, TensorBoard)
+#: and python -m model's (inference/, evaluation/ and attributes.pt beside the checkpoints). --overwrite removes these.
+RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "evaluation.json", "evaluation.png", "failure_modes.png",
+             "training_log.png", "reconstructions.png", "samples.png", "interpolation.png", "failures.png",
+             "checkpoints", "tensorboard", "inference", "evaluation"}
 #: flock's answers on a filesystem that has no file locks (as opposed to "somebody holds it").
 NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
@@ -177,3 +192,51 @@ def _me() -> dict:
 def _holder(info: dict) -> str:
     return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')} (since {info.get('started', '?')}: "
             f"{info.get('command', '?')})")
+
+
+def check_fresh_run(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> list[str]:
+    """For a run without ``--resume``: ConfigError if ``run_dir`` already holds another run (any checkpoint, or
+    anything a finished run or ``python -m model`` writes) or files train.py does not write; with ``overwrite``,
+    remove the run's files instead (files of others stay) and return the notice lines saying so."""
+    run_dir = Path(run_dir)
+    if resume:
+        if overwrite:
+            raise ConfigError(f"--resume continues the run in {run_dir} and {OVERWRITE_FLAG} replaces it: pick one")
+        return []
+    if not run_dir.is_dir():
+        return []
+    entries = {p.name: p for p in run_dir.iterdir() if not _temp(p.name)}
+    used = sorted(name for name, p in entries.items() if name not in _UNFINISHED or _holds_checkpoints(p))
+    if not used:
+        return []
+    ours = sorted(name for name in used if name in RUN_FILES)
+    others = sorted(name for name in used if name not in RUN_FILES)
+    if not overwrite:
+        last = run_dir / "checkpoints" / "last.pt"
+        held = (f"the run of {last}" if last.is_file() else
+                f"{', '.join(ours[:4])}{', …' if len(ours) > 4 else ''} of an earlier run" if ours else
+                f"files train.py does not write ({', '.join(others[:3])}{', …' if len(others) > 3 else ''})")
+        continue_it = "continue it with --resume, " if last.is_file() else ""
+        raise ConfigError(f"run directory {run_dir} already holds {held}; a new run would mix with it: "
+                          f"{continue_it}pick another --out, or pass {OVERWRITE_FLAG} to replace "
+                          f"{'it' if ours else 'nothing but what train.py writes'}")
+    for name in ours:
+        path = entries[name]
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    notices = [f"notice: {OVERWRITE_FLAG}: removed the earlier run's {', '.join(ours)} from {run_dir}"] if ours else []
+    if others:
+        notices.append(f"notice: {run_dir} also holds files train.py does not write, left as they are: "
+                       f"{', '.join(others[:5])}{', …' if len(others) > 5 else ''}")
+    return notices
+
+
+def _holds_checkpoints(path: Path) -> bool:
+    """Whether the ``checkpoints`` folder holds anything but temporary files (an unfinished run's is empty)."""
+    return path.is_dir() and any(not _temp(p.name) for p in path.iterdir())
+
+
+def _temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")

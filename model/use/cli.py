@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 from model.use import commands_evaluate, commands_latents, commands_pictures
-from model.use.commands_pictures import RECONSTRUCT_N
-from model.use.faces import AS_TRAINED
+from model.use.commands_pictures import RECONSTRUCT_N, RECONSTRUCT_N_MAX
+from model.use.faces import AS_TRAINED, is_file_spec
 from pipeline.errors import ConfigError, cli_entry
 from pipeline.layout import SPLITS
+from pipeline.limits import check_count, check_number
 from pipeline.loader import BACKENDS
 
 COMMANDS: dict[str, tuple[Callable, str]] = {
@@ -38,6 +39,55 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "evaluate": (commands_evaluate.evaluate, "PSNR, SSIM, IWAE bits/dim, active units, sharpness, regions, "
                  "attributes, diversity (evaluation.json/.png)"),
 }
+
+
+#: (command, option) → (flag, lowest or None where the command checks it with its own words, highest, why):
+#: every count a command takes is bounded (pipeline/limits.py), and the refusal says the bound.
+_SEED = ("--seed", -2 ** 62, 2 ** 62, "torch's seed range, with room for the offsets added per use")
+_ENCODING = {"batch_size": ("--batch-size", 1, 4096, "images per encoder batch"),
+             "max_samples": ("--max-samples", None, 100_000_000, "samples of a split"),
+             "min_count": ("--min-count", None, 1_000_000, "faces on each side of an attribute")}
+BOUNDS: dict[str, dict[str, tuple[str, int | None, int, str]]] = {
+    "sample": {"n": ("--n", 1, 1024, "faces in one grid; for more, run again with another --seed"), "seed": _SEED},
+    "reconstruct": {"n": ("--n", None, RECONSTRUCT_N_MAX, "faces in one picture"),
+                    "faces": ("FACE", 0, RECONSTRUCT_N_MAX, "faces in one picture")},
+    "interpolate": {"steps": ("--steps", None, 256, "frames in one strip")},
+    "encode": _ENCODING,
+    "attributes": _ENCODING,
+    "edit": {**_ENCODING, "faces": ("FACE", 1, 64, "rows of one picture"),
+             "steps": ("--steps", None, 64, "faces per sweep"),
+             "add": ("--add", 0, 40, "edits per face; CelebA has 40 attributes"),
+             "sweep": ("--sweep", 0, 40, "sweeps per face; CelebA has 40 attributes")},
+    "evaluate": {"k": ("--k", None, 10_000, "importance samples per image"),
+                 "worst": ("--worst", None, 64, "images per failure mode in one picture"),
+                 "batch_size": ("--batch-size", None, 4096, "images per batch"),
+                 "images": ("--images", None, 100_000_000, "images of a split"),
+                 "iwae_images": ("--iwae-images", None, 100_000_000, "images of a split"),
+                 "samples": ("--samples", None, 100_000_000, "images of a split"), "seed": _SEED},
+}
+#: Real-valued options: (flag, lowest, highest, why).
+REAL_BOUNDS = {"temperature": ("--temperature", 0, 100, "the prior's std is 1"),
+               "span": ("--span", 0, 100, "amounts of a direction; 1 is the whole average difference")}
+
+
+def check_bounds(command: str, args: argparse.Namespace) -> None:
+    """ConfigError naming the option and its bounds for a count (or repeated option) out of them."""
+    for dest, (flag, low, high, why) in BOUNDS.get(command, {}).items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            if len(value) > high or len(value) < (low or 0):
+                raise ConfigError(f"{len(value):,} {flag} given: {flag} takes {low or 0}..{high} ({why})")
+            continue
+        if low is None:
+            if value > high:
+                raise ConfigError(f"{flag} must be at most {high:,} ({why}), got {value:,}")
+        else:
+            check_count(flag, value, low, high, why)
+    for dest, (flag, low, high, why) in REAL_BOUNDS.items():
+        if getattr(args, dest, None) is not None:
+            check_number(flag, getattr(args, dest), low, high, why)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         par = _parents()  # fresh per command: parents share their actions, and attributes changes a default
         cmd[name] = sub.add_parser(name, help=help_text, description=help_text, parents=[par[u] for u in uses[name]])
 
-    cmd["sample"].add_argument("--n", type=int, default=64, help="how many faces (64)")
+    cmd["sample"].add_argument("--n", type=int, default=64, help="how many faces, 1..1024 (64)")
     cmd["sample"].add_argument("--temperature", type=float, default=1.0, help="std of the prior's samples (1.0)")
     cmd["sample"].add_argument("--seed", type=int, default=0, help="the same seed gives the same faces (0)")
 
@@ -166,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
         raise ConfigError(f"name a command: {', '.join(COMMANDS)} ({program_name()} -h for help)")
+    check_bounds(args.command, args)  # before the checkpoint is read: a typo costs nothing
     console = Console(highlight=False)
     path = checkpoint_path(args.run, args.checkpoint, args.last, default_run() if args.run is None else Path())
     trained = load_trained(path, args.device, trust=args.trust_checkpoint)
+    trained.inputs = tuple(Path(f) for f in [*(getattr(args, "faces", None) or []), getattr(args, "directions", None)]
+                           if f is not None and is_file_spec(f))
     console.print(f"[bold]model:[/] {trained.describe()}")
     return COMMANDS[args.command][0](args, trained, console)

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from model.use.loading import Trained
-from model.use.outputs import print_written
+from model.use.outputs import check_folder, print_written
 from pipeline.errors import ConfigError
 
 #: option → EvalSettings field
@@ -52,6 +52,7 @@ def evaluate(args: argparse.Namespace, trained: Trained, console: Console) -> in
     out = Path(args.out) if args.out else trained.run_dir / "evaluation"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; name a folder")
+    check_folder(out, "--out")  # under a file, or not writable: refused before the evaluation runs
     rt = Runtime(trained.device, 0, 0, 1, amp="off", channels_last=False, compile=False, sync_batchnorm=False)
     loader = make_loader(shards, args.split, settings.batch_size, device=trained.device, backend=args.backend,
                          shuffle=False, drop_last=False, with_keys=True, size=trained.model.cfg.image_size,

@@ -23,6 +23,8 @@ from pipeline.errors import ConfigError
 PAIRS_PER_ROW = 8
 #: ``reconstruct`` without faces: the first this many samples of ``--split``.
 RECONSTRUCT_N = 16
+#: The most faces one reconstruction picture shows (``--n`` or FACEs).
+RECONSTRUCT_N_MAX = 256
 
 
 def summary(args: argparse.Namespace, trained: Trained, console: Console) -> int:
@@ -48,8 +50,6 @@ def sample(args: argparse.Namespace, trained: Trained, console: Console) -> int:
     """A grid of decoded prior samples (and one PNG per sample with ``--each``)."""
     from model.training.artifacts import plot_samples
 
-    if args.n < 1:
-        raise ConfigError(f"--n must be >= 1, got {args.n}")
     if not args.temperature > 0:
         raise ConfigError(f"--temperature must be > 0, got {args.temperature}")
     out = trained.output(args.out, "samples.png")
@@ -71,8 +71,8 @@ def reconstruct(args: argparse.Namespace, trained: Trained, console: Console) ->
         raise ConfigError("give either faces (files or keys) or --n, not both")
     if not args.faces and args.n is None:
         args.n = RECONSTRUCT_N
-    if args.n is not None and not 1 <= args.n <= 256:
-        raise ConfigError(f"--n must be in 1..256, got {args.n}")
+    if args.n is not None and not 1 <= args.n <= RECONSTRUCT_N_MAX:
+        raise ConfigError(f"--n must be in 1..{RECONSTRUCT_N_MAX}, got {args.n}")
     out = trained.output(args.out, "reconstructions.png")
     check_folder(args.each, "--each")
     faces = named_faces(args, trained, console) if args.faces else first_samples(

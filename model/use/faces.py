@@ -51,7 +51,10 @@ def load_faces(specs: Sequence[str], *, shards: Callable[[], Path], split: str, 
         if is_file_spec(spec):
             arrays[i] = read_image_file(spec, crop, size)
             wh = image_size(spec)
-            if console is not None and crop is not None and wh not in (None, CELEBA_SIZE) and min(wh) > crop * 1.25:
+            if console is not None and wh is not None and min(wh) < size:
+                console.print(f"[yellow]note:[/] {spec} is {wh[0]}×{wh[1]}, smaller than the {size}×{size} the model "
+                              "sees: it is enlarged, so the face is blurred and so is what the model makes of it")
+            elif console is not None and crop is not None and wh not in (None, CELEBA_SIZE) and min(wh) > crop * 1.25:
                 console.print(f"[yellow]note:[/] {spec} is {wh[0]}×{wh[1]}, not CelebA's aligned 178×218: the "
                               f"centre {crop}×{crop} crop shows less of the face than training saw (see --crop)")
     if keys:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ import numpy as np
 import torch
 
 from model.training.checkpoint import FORMAT, load_model_state
-from model.use.outputs import check_file
+from model.training.checkpoint_file import check_archive, load_failed
+from model.use.directions import FILE_NAME
+from model.use.outputs import check_file, check_replaceable
 from model.vae import ConvVAE, VAEConfig
 from pipeline.errors import ConfigError, DataError
 
@@ -47,6 +48,7 @@ class Trained:
     best_val_elbo: float | None
     fingerprint: str  # of the weights: ties attribute directions to the checkpoint they came from
     decoder_log_sigma: float | None = None  # a σ-VAE's learned log σ (None: σ² = ½, the SSE loss's)
+    inputs: tuple[Path, ...] = ()  # the other files the command reads (faces, directions): never overwritten
 
     @property
     def run_dir(self) -> Path:
@@ -61,7 +63,7 @@ class Trained:
             path = self.run_dir / OUTPUT_DIR / default_name
         else:
             path = Path(out) / default_name if Path(out).is_dir() else Path(out)
-        return check_file(path, Path(default_name).suffix)
+        return check_replaceable(check_file(path, Path(default_name).suffix), (self.path, *self.inputs))
 
     @property
     def crop(self) -> int | None:
@@ -92,8 +94,16 @@ def checkpoint_path(run: str | Path | None, checkpoint: str | Path | None, last:
         given = "" if run is not None else " (the default run; pass --run DIR or --checkpoint FILE)"
         raise ConfigError(f"run directory {run_dir} does not exist{given}")
     if not path.is_file():
-        raise ConfigError(f"run directory {run_dir} has no {path.relative_to(run_dir)}: has it finished an epoch? "
-                          f"(other checkpoints: {', '.join(p.name for p in sorted(path.parent.glob('*.pt'))) or 'none'})")
+        others = [p.name for p in sorted(path.parent.glob("*.pt")) if p.name != FILE_NAME]
+        if not last and "last.pt" in others:
+            hint = ("it has only last.pt (best.pt is written after an epoch's validation): pass --last to use "
+                    "last.pt, or let the run finish an epoch")
+        elif last and "best.pt" in others:
+            hint = "it has best.pt: leave out --last to use it"
+        else:
+            hint = (f"has it saved a checkpoint yet? (checkpoints there: {', '.join(others) or 'none'}; "
+                    "or pass --checkpoint FILE)")
+        raise ConfigError(f"run directory {run_dir} has no {path.relative_to(run_dir)}: {hint}")
     return path
 
 
@@ -119,20 +129,16 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
 
 def _read_trusted(path: Path) -> Any:
     """The whole unpickled object (``--trust-checkpoint``)."""
+    check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated, not a torch file, or a class this environment lacks
-        raise ConfigError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
+    except Exception as err:  # damaged, or a class this environment lacks
+        raise load_failed(path, err) from None
 
 
 def _read_weights_only(path: Path) -> Any:
     """The file through ``torch.load(weights_only=True)`` with the numpy types our RNG states need."""
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as fh:
-            starts_like_one = fh.read(4) == b"PK\x03\x04"
-        if starts_like_one:  # a zip's table of contents is at its end: this one was cut short
-            raise ConfigError(f"cannot read checkpoint {path}: it is truncated or damaged (an incomplete copy?)")
-        raise ConfigError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
+    check_archive(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -141,12 +147,7 @@ def _read_weights_only(path: Path) -> Any:
         if found:
             raise ConfigError(f"{path} holds a {found.group(1)} object, which a weights-only load refuses; if you "
                               "trust the file, pass --trust-checkpoint") from None
-        raise ConfigError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+        raise load_failed(path, err) from None
 
 
 def load_trained(path: str | Path, device: str | torch.device | None = None, trust: bool = False) -> Trained:

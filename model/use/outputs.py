@@ -43,6 +43,7 @@ def check_folder(folder: str | Path | None, option: str) -> None:
     if blocking is not None:
         what = "that is a file" if blocking == folder else f"{blocking} is a file, not a folder"
         raise ConfigError(f"{option} {folder}: {what}; name a folder")
+    _check_writable(folder, option)
 
 
 def check_file(path: Path, suffix: str) -> Path:
@@ -53,7 +54,55 @@ def check_file(path: Path, suffix: str) -> Path:
     blocking = _file_in_the_way(path.parent)
     if blocking is not None:
         raise ConfigError(f"--out {path}: {blocking} is a file, not a folder")
+    _check_writable(path.parent, "--out")
     return path
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """ConfigError when ``folder`` (or, if it is still to be made, the nearest existing folder above it) cannot
+    be written: a read-only filesystem or a folder of somebody else's, found before any work is done."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {folder}: cannot write in {existing} (a read-only filesystem, or no "
+                          "permission); choose a folder you can write to")
+
+
+def check_replaceable(path: Path, inputs: Sequence[Path]) -> Path:
+    """``path``, after refusing (before any work is done) to replace what the command did not make: one of
+    its own inputs (the checkpoint, a face, a directions file), something that is not a regular file, or a
+    ``.pt``/``.npz`` that does not hold what this project writes under that suffix (a checkpoint, say)."""
+    if not path.exists():
+        return path
+    if not path.is_file():
+        raise ConfigError(f"--out {path} exists and is not a regular file; name a new file or one this command wrote")
+    for source in inputs:
+        try:
+            same = source.exists() and os.path.samefile(path, source)
+        except OSError:
+            same = False
+        if same:
+            raise ConfigError(f"--out {path} is one of this command's inputs; writing it would replace that input: "
+                              "name another file")
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".npz") and not _ours(path, suffix):
+        what = "attribute directions" if suffix == ".pt" else "latents (keys, mu, logvar)"
+        raise ConfigError(f"--out {path} exists and does not hold {what} written by python -m model; it is not "
+                          "replaced: name another file, or move that one away")
+    return path
+
+
+def _ours(path: Path, suffix: str) -> bool:
+    """Whether an existing output file holds what this project writes under ``suffix``."""
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as doc:
+                return {"keys", "mu", "logvar"} <= set(doc.files)
+        from model.use.directions import FORMAT
+
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+        return isinstance(doc, dict) and doc.get("format") == FORMAT
+    except Exception:  # unreadable, or a pickle a weights-only load refuses: not ours either way
+        return False
 
 
 def _file_in_the_way(folder: Path) -> Path | None:

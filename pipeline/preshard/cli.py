@@ -10,9 +10,10 @@ import argparse
 import time
 from typing import Sequence
 
-from ..errors import ConfigError, cli_entry
+from ..errors import cli_entry
 from ..layout import SPLITS
-from .run import preshard
+from ..limits import check_count, check_number, check_workers
+from .run import empty_split_notes, preshard
 
 
 @cli_entry(resumable=True)
@@ -40,8 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--on-bad", choices=("skip", "error"), default="skip",
                         help="bad image: skip it (listed in the manifest) or stop with an error")
     args = parser.parse_args(argv)
-    if not args.shard_mb > 0:
-        raise ConfigError(f"--shard-mb must be positive, got {args.shard_mb}")
+    check_number("--shard-mb", args.shard_mb, 0.066, 100_000, "64 KiB to 100 GB per tar; 100 suits DALI")
+    if args.max_samples is not None:
+        check_count("--max-samples", args.max_samples, 1, 1_000_000, "per shard; the byte budget closes it long before")
+    check_workers("--workers", args.workers)
 
     console = Console()
     t0 = time.perf_counter()
@@ -73,4 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(manifest["skipped"]) > 20:
             bad.caption = f"… and {len(manifest['skipped']) - 20} more"
         console.print(bad)
+    for note in empty_split_notes(manifest):
+        console.print(f"[yellow]{note}[/]", highlight=False)
     return 0

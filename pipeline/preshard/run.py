@@ -20,9 +20,10 @@ import random
 from pathlib import Path
 
 from ..celeba import Entry, open_celeba
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, writing_to
 from ..image_folder import Source, open_image_folder
 from ..layout import MANIFEST_FORMAT, SPLITS
+from ..lock import one_writer
 from ..parallel import ProgressBar, usable_cores
 from .state import append_state, commit_manifest, finished_output, prepare_output
 from .tar_writer import ShardWriter, sample_members
@@ -78,17 +79,58 @@ def preshard(src: str | os.PathLike, out: str | os.PathLike, *, kind: str = "cel
     or when it holds ``max_samples_per_shard`` samples. Bad images are skipped and listed under
     ``"skipped"`` (``on_bad="skip"``) or raise DataError (``on_bad="error"``). Rerunning into a
     finished ``out`` with the same inputs is a no-op; into an interrupted one it resumes; into one
-    with other shards it raises DataError.
+    with other shards it raises DataError, and so does a second run on ``out`` while one is writing it
+    (``OUT/.preshard.lock``). An empty train split (nothing listed in it, or every image of it bad) is a
+    DataError too: such shards train nothing (:func:`empty_split_notes` for val and test).
     """
     _check_options(shard_bytes, max_samples_per_shard, on_bad, workers)
     workers = workers or usable_cores()
     source, split_options = open_source(kind, src, val, test)
+    _refuse_empty_splits(source, kind, split_options)
     desc = {"kind": kind, **source.describe()}
     options = {"shard_bytes": shard_bytes, "max_samples_per_shard": max_samples_per_shard, "seed": seed,
                **split_options}
     fingerprint = hashlib.sha256(json.dumps([desc["fingerprint"], options], sort_keys=True).encode()).hexdigest()
     out = Path(out)
+    if os.path.lexists(out) and not out.is_dir():
+        raise DataError(f"--out {out} is a file; give a directory for the shards")
+    out.mkdir(parents=True, exist_ok=True)
+    with one_writer(out, "preshard"), writing_to(out):
+        return _preshard_into(out, source, kind, src, desc, options, fingerprint, seed, shard_bytes,
+                              max_samples_per_shard, on_bad, workers, progress)
 
+
+def _refuse_empty_splits(source: Source, kind: str, split_options: dict) -> None:
+    """DataError naming the fix when the source puts no image in train: such shards train nothing. (An empty
+    val or test split is written, and said in a note: python -m model can use the other splits.)"""
+    counts = {split: len(source.split(split)) for split in SPLITS}
+    if counts["train"]:
+        return
+    listed = ", ".join(f"{s} {n:,}" for s, n in counts.items())
+    if kind == "images":
+        raise DataError(f"no image of {source.root} falls in the train split ({listed}; --val "
+                        f"{split_options['val']:g}, --test {split_options['test']:g}): add images or lower --val/--test")
+    raise DataError(f"{source.partition_file} puts no image in train ({listed}; 0 train, 1 val, 2 test): "
+                    "training needs at least one")
+
+
+def empty_split_notes(manifest: dict) -> list[str]:
+    """One note per split the shards lack (nothing listed in it, or every image of it bad), saying who needs it."""
+    notes = []
+    for split in SPLITS:
+        if split not in manifest["splits"]:
+            bad = sum(1 for s in manifest["skipped"] if s["split"] == split)
+            why = f"all {bad} of its images were bad" if bad else "the source puts no image in it"
+            fix = ("raise --val/--test or add images" if manifest["source"].get("kind") == "images"
+                   else "check list_eval_partition.txt")
+            notes.append(f"note: the {split} split is empty ({why}); train.py needs train, val and test: {fix}")
+    return notes
+
+
+def _preshard_into(out: Path, source: Source, kind: str, src, desc: dict, options: dict, fingerprint: str, seed: int,
+                   shard_bytes: int, max_samples_per_shard: int | None, on_bad: str, workers: int,
+                   progress: bool) -> dict:
+    """The run itself, holding ``out``'s lock."""
     manifest = finished_output(out, fingerprint, on_bad, progress)
     if manifest is not None:
         return manifest
@@ -113,6 +155,10 @@ def preshard(src: str | os.PathLike, out: str | os.PathLike, *, kind: str = "cel
     if not splits:
         raise DataError(f"no valid image in {src}: all {len(source.entries)} listed images were skipped "
                         f"(e.g. {skipped[0]['key']}: {skipped[0]['reason']})")
+    if "train" not in splits:
+        bad = [s for s in skipped if s["split"] == "train"]
+        raise DataError(f"every image of the train split of {src} was skipped as bad ({len(bad)}, e.g. "
+                        f"{bad[0]['key']}: {bad[0]['reason']}): the shards would train nothing; replace those images")
 
     manifest = {
         "format": MANIFEST_FORMAT,

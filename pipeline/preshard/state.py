@@ -65,19 +65,25 @@ def finished_output(out: Path, fingerprint: str, on_bad: str, progress: bool) ->
     if not manifest_path.is_file():
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason: not preshard's
         raise refuse(out, "an unreadable manifest.json") from None
+    if not isinstance(manifest, dict) or "fingerprint" not in manifest:
+        raise refuse(out, "a manifest.json that preshard did not write")
     if manifest.get("fingerprint") != fingerprint:
         raise refuse(out, "shards from a different source or options")
-    for split in manifest["splits"].values():
-        for rec in split["shards"]:
+    try:
+        records = [rec for split in manifest["splits"].values() for rec in split["shards"]]
+        skipped = list(manifest["skipped"])
+        for rec in records:
             if not intact(out, rec, verify_hash=False):
                 raise DataError(f"{out / rec['path']} is missing or damaged although {MANIFEST} lists it; "
                                 "delete that directory and rerun")
-    if on_bad == "error" and manifest["skipped"]:
-        first = manifest["skipped"][0]
-        raise DataError(f"{len(manifest['skipped'])} bad image(s) were skipped in the existing shards in {out}, "
+    except (KeyError, TypeError, AttributeError):  # the fingerprint matches but the rest was edited
+        raise refuse(out, "a damaged manifest.json") from None
+    if on_bad == "error" and skipped:
+        first = skipped[0]
+        raise DataError(f"{len(skipped)} bad image(s) were skipped in the existing shards in {out}, "
                         f"e.g. {first['key']}: {first['reason']}")
     (out / STATE).unlink(missing_ok=True)
     if progress:
@@ -115,11 +121,17 @@ def _load_state(out: Path, fingerprint: str) -> Kept:
     """Finished shards of an interrupted run with the same inputs, verified; others are removed."""
     head: dict = {}
     records: list[dict] = []
-    for i, line in enumerate((out / STATE).read_text().splitlines()):
+    try:
+        lines = (out / STATE).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise refuse(out, f"an unreadable {STATE} (not written by preshard)") from None
+    for i, line in enumerate(lines):
         try:
             item = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             break  # a half-written last line: the run was killed mid-append
+        if not isinstance(item, dict):
+            break
         if i == 0:
             head = item
         else:
@@ -133,7 +145,7 @@ def _load_state(out: Path, fingerprint: str) -> Kept:
         if split not in kept or split in broken:
             continue
         shard = rec.get("shard")
-        if shard is None or intact(out, shard, verify_hash=True):
+        if shard is None or _intact_record(out, shard):
             kept[split].append(rec)
         else:
             broken.add(split)  # keep only the prefix of intact shards
@@ -142,6 +154,14 @@ def _load_state(out: Path, fingerprint: str) -> Kept:
         if p not in keep_names:
             p.unlink()
     return kept
+
+
+def _intact_record(out: Path, shard: object) -> bool:
+    """:func:`intact` with hashing, for a state-file record that may be cut short or edited (then: not intact)."""
+    try:
+        return isinstance(shard, dict) and intact(out, shard, verify_hash=True)
+    except (KeyError, TypeError):
+        return False
 
 
 def _write_state(out: Path, fingerprint: str, kept: Kept) -> None:

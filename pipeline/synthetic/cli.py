@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..errors import UserError, cli_entry
+from ..errors import cli_entry
+from ..limits import check_count, check_workers
 from .tree import partition_sizes, write_synthetic_celeba
 
 
@@ -18,14 +19,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.synthetic",
                                      description="Write a CelebA-layout tree of procedurally drawn faces.")
-    parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--n", type=int, required=True, help="number of images")
+    parser.add_argument("--out", required=True, help="output folder: new, empty, or one it wrote before")
+    parser.add_argument("--n", type=int, required=True, help="number of images, 3..999,999")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same bytes")
     parser.add_argument("--zip", action="store_true", help="write img_align_celeba.zip instead of the folder")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = parser.parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be ≥ 1, got {args.workers}")
+    check_count("--n", args.n, 3, 999_999, "at least one image per split; CelebA file names have six digits")
+    check_workers("--workers", args.workers)
     t0 = time.perf_counter()
     out = write_synthetic_celeba(args.out, args.n, args.seed, as_zip=args.zip, workers=args.workers, progress=True)
     dt = time.perf_counter() - t0

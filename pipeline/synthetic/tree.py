@@ -9,6 +9,10 @@ version, folder or zip) and whether it is complete; a folder rerun with the same
 images already written (each one complete, being renamed into place) and draws the rest. A zip is
 renamed into place when complete, so a rerun starts it again. train.py's default data reads the
 record to decide whether a tree can be reused (model/training/data.py).
+
+The record is also what makes a folder the generator's: it writes only into a new or empty folder
+or one holding its own record, and refuses anything else (a real CelebA download has the very same
+file names) before it touches a file. One run writes a folder at a time (``.synthetic.lock``).
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ..errors import UserError
+from ..errors import DataError, UserError, writing_to
+from ..lock import lock_name, one_writer
 from ..parallel import ProgressBar, ordered_map, usable_cores
 from .attributes import ATTRIBUTES, sample_attributes
 from .face import draw_face
@@ -33,6 +38,7 @@ IMAGE_FOLDER = "img_align_celeba"
 PARTITION_LIST = "list_eval_partition.txt"  # written last: its presence means the tree is complete
 ATTRIBUTE_LIST = "list_attr_celeba.txt"
 RECORD = ".synthetic.json"  # {"images", "seed", "generator", "layout", "complete"}: what the tree holds
+LOCK_TOOL = "synthetic"  # its lock file: .synthetic.lock (pipeline/lock.py)
 LEGACY_PARTIAL = ".synthetic-partial.json"  # the in-progress marker of older versions (images of an older drawing)
 #: The drawing's version. Raise it with every change that alters the images or attributes drawn for a
 #: given (n, seed): trees of another version are then redrawn, never mixed or reused (2: the smile, and
@@ -88,7 +94,14 @@ def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *,
         raise UserError(f"--n {n} is too large: CelebA file names have six digits (at most 999999 images)")
     workers = max(1, int(workers or usable_cores()))
     out = Path(out_dir)
+    _refuse_foreign(out)  # before anything is created or removed
     out.mkdir(parents=True, exist_ok=True)
+    with one_writer(out, LOCK_TOOL), writing_to(out):
+        _refuse_foreign(out)  # what a run that held the lock until now may have left is ours as well
+        return _write_tree(out, n, seed, as_zip, workers, progress)
+
+
+def _write_tree(out: Path, n: int, seed: int, as_zip: bool, workers: int, progress: bool) -> Path:
     (out / PARTITION_LIST).unlink(missing_ok=True)  # from here until the end the tree is unfinished
     state = {"images": n, "seed": seed, "generator": GENERATOR_VERSION, "layout": "zip" if as_zip else "folder"}
     previous = read_record(out)
@@ -103,6 +116,23 @@ def write_synthetic_celeba(out_dir: str | os.PathLike, n: int, seed: int = 0, *,
     _atomic_write(out / PARTITION_LIST, _partition_list(n).encode())
     write_record(out, {**state, "complete": True})  # last
     return out
+
+
+def _refuse_foreign(out: Path) -> None:
+    """DataError unless ``out`` is absent, empty, or the generator's (its record, or an older version's
+    in-progress marker): overwriting the lists and images of somebody's own CelebA would lose their data."""
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir():
+        raise DataError(f"{out} is a file, not a folder; name a folder for the tree")
+    record = read_record(out)
+    if (record is not None and ("layout" in record or record.get("clearing"))) or (out / LEGACY_PARTIAL).is_file():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name != lock_name(LOCK_TOOL))
+    if others:
+        shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+        raise DataError(f"{out} holds files the synthetic generator did not write ({shown}; no {RECORD} of its own): "
+                        "it writes only into a new or empty folder or one it made; pick another --out")
 
 
 def read_record(out_dir: str | os.PathLike) -> dict | None:
