@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from bench.common import print_table, save_json
 from pipeline.errors import DataError, cli_entry
+from pipeline.limits import check_count, check_number
 from pipeline.loader import resolve_device
 
 PARTS = ("loader", "loss", "train_step", "input", "profile")
@@ -153,6 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--synthetic-images needs at least 3 images (one per split)")
     if a.train_step_batch_sizes is not None and min(a.train_step_batch_sizes) < 1:
         p.error("--train-step-batch-sizes must be at least 1")
+    # Upper bounds too: a count without one is a run that goes until killed (pipeline/limits.py).
+    if a.synthetic_images is not None:
+        check_count("--synthetic-images", a.synthetic_images, 3, 999_999, "CelebA file names have six digits")
+    for option, value in (("--loader-max-images", a.loader_max_images), ("--batch-size", a.batch_size),
+                          *(("--train-step-batch-sizes", b) for b in a.train_step_batch_sizes or ())):
+        if value is not None:
+            check_count(option, value, 1, 1_000_000 if option == "--loader-max-images" else 65_536)
+    if a.train_step_budget is not None:
+        check_number("--train-step-budget", a.train_step_budget, 0, 86_400, "seconds: a day at most")
     run(a.shards, a.quick, a.json, a.out, a.only, a.device, a.batch_size, a.synthetic_images,
         a.loader_max_images, a.train_step_budget, a.train_step_batch_sizes)
     return 0

@@ -216,6 +216,13 @@ def _find_images(src: Path, root: Path) -> FolderStore | ZipStore:
     raise DataError(f"no {IMAGE_DIR}/ folder or {IMAGE_DIR}.zip found in {root}")
 
 
+def _unreadable(path: Path, err: OSError | UnicodeDecodeError) -> str:
+    if isinstance(err, UnicodeDecodeError):
+        return (f"cannot read {path}: it is not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); "
+                "CelebA's lists are plain text: download them again or save them as UTF-8")
+    return f"cannot read {path}: {err.strerror or err}"
+
+
 def _check_name(name: str, where: str) -> str:
     stem, dot, ext = name.rpartition(".")
     if not dot or ext.lower() not in ("jpg", "jpeg") or not stem or "." in stem or "/" in name or "\\" in name:
@@ -229,9 +236,9 @@ def _parse_partition(path: Path) -> list[Entry]:
     seen: set[str] = set()
     csv = path.suffix == ".csv"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's UTF-8) is no part of a name
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path}: {err}") from None
+        raise DataError(_unreadable(path, err)) from None
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or (csv and lineno == 1 and not line[:1].isdigit()):
             continue
@@ -256,9 +263,9 @@ def _parse_partition(path: Path) -> list[Entry]:
 def _parse_attributes(path: Path) -> tuple[list[str], dict[str, int]]:
     """The attribute names and, per image, a bitmask of the attributes marked 1."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path}: {err}") from None
+        raise DataError(_unreadable(path, err)) from None
     if path.suffix == ".csv":
         if not lines:
             raise DataError(f"{path.name} is empty")

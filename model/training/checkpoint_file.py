@@ -3,7 +3,8 @@
 ``torch.load``'s own errors say what its unpickler or zip reader tripped over ("PytorchStreamReader failed
 reading zip archive: failed finding central directory", "invalid load key, '\\xff'"), which tells a user
 nothing about the file. So the file is looked at first (empty, a zip cut short, not a torch archive at
-all), and whatever ``torch.load`` still raises on a file that looked right is reported as damage.
+all, a member whose bytes no longer match their checksum), and whatever ``torch.load`` still raises on a
+file that looked right is reported as damage.
 """
 from __future__ import annotations
 
@@ -38,9 +39,28 @@ def check_archive(path: str | Path) -> None:
     if head == _ZIP_MAGIC:
         if not zipfile.is_zipfile(path):  # a zip's table of contents is at its end: this one was cut short
             raise damaged(path)
+        if not _checksums_match(path):
+            raise damaged(path)
         return
     if not head.startswith(_PICKLE_MAGIC):
         raise not_a_checkpoint(path)
+
+
+def _checksums_match(path: Path) -> bool:
+    """Whether every member's bytes match the CRC-32 that ``torch.save`` recorded. ``torch.load`` does not look:
+    a checkpoint damaged inside a tensor loads without complaint and serves wrong weights. (A CRC of 0 is what
+    a save without checksums records: such members are not checked.)"""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.CRC == 0:
+                    continue
+                with zf.open(info) as member:  # zipfile compares the CRC when the member has been read whole
+                    while member.read(1 << 22):
+                        pass
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError):
+        return False
+    return True
 
 
 def load_failed(path: str | Path, err: BaseException) -> ConfigError:
