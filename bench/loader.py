@@ -23,6 +23,7 @@ import torch
 
 from bench.common import median, print_table, save_json, sync
 from pipeline.errors import ConfigError
+from pipeline.limits import check_count
 from pipeline.parallel import usable_cores
 
 
@@ -292,6 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     @cli_entry
     def _run() -> int:
+        for option, value, high in (("--epochs", args.epochs, 1000), ("--batch-size", args.batch_size, 65_536),
+                                    ("--max-images", args.max_images, 100_000_000)):
+            if value is not None:
+                check_count(option, value, 1, high)
         run(args.shards, args.quick, args.json, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
             only=args.only, max_images=args.max_images)
         return 0

@@ -31,7 +31,8 @@ from typing import Any, Callable
 import torch
 
 from bench.common import median, print_table, save_json, sync, time_repeats
-from pipeline.errors import UserError, cli_entry
+from pipeline.errors import cli_entry
+from pipeline.limits import check_count
 from pipeline.loader import resolve_device
 
 BATCHES = (64, 256, 1024, 4096)
@@ -236,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="B=64 and 256, fewer repeats (< 60 s on CPU)")
     parser.add_argument("--batch", type=int, nargs="+", metavar="B", help=f"batch sizes (default {list(BATCHES)})")
     args = parser.parse_args(argv)
-    if args.batch and min(args.batch) < 1:
-        raise UserError(f"--batch sizes must be ≥ 1, got {args.batch}")
+    for batch in args.batch or ():
+        check_count("--batch", batch, 1, 65_536, "images per timed call")
     run(args.quick, args.json, tuple(args.batch) if args.batch else None)
     return 0
 

@@ -26,6 +26,7 @@ import torch
 
 from bench.common import print_table, save_json
 from pipeline.errors import DataError, cli_entry
+from pipeline.limits import check_count
 
 ROOT = Path(__file__).resolve().parent.parent
 #: name → (config overrides, what it is). Weights put each added term at a sizeable share of the SSE
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{PERCEPTUAL_WEIGHT['random']:g} with random VGG weights, {PERCEPTUAL_WEIGHT['pretrained']:g} with a file)")
     p.add_argument("--json", type=Path, help="write the results here")
     args, extra = p.parse_known_args(argv)  # anything else goes to every train.py run, e.g. --stop_at_step 50
+    check_count("--epochs", args.epochs, 1, 100_000, "train.py's own bound")
     variants = args.only.split(",") if args.only else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

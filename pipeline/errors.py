@@ -117,7 +117,7 @@ _WHAT_TO_DO = {
 def os_error_message(err: OSError, resumable: bool = False) -> str:
     """One line for an OSError: the path it concerns and what to do (a full disk: the free space, and how to go on)."""
     if is_disk_full(err):
-        if err.filename is not None:
+        if isinstance(err.filename, (str, bytes, os.PathLike)):
             line = disk_full_message(os.fsdecode(err.filename), err)
         else:  # nobody said which output: the working directory's filesystem is the best guess, and said to be one
             line = (f"disk full ({err.strerror or os.strerror(err.errno)}) while writing a file the error does not "
@@ -129,7 +129,7 @@ def os_error_message(err: OSError, resumable: bool = False) -> str:
     name = errno.errorcode.get(err.errno or 0, "")
     reason = f"{err.strerror or str(err) or type(err).__name__}{f' ({name})' if name else ''}"
     hint = _WHAT_TO_DO.get(err.errno, "check the path and run the command again")
-    if err.filename is None:
+    if not isinstance(err.filename, (str, bytes, os.PathLike)):  # None, or a file descriptor
         return f"{reason}; {hint}"
     path = Path(os.fsdecode(err.filename))
     if err.errno in (errno.EEXIST, errno.ENOTDIR) and (blocking := _blocking_file(path)) is not None:
@@ -138,7 +138,7 @@ def os_error_message(err: OSError, resumable: bool = False) -> str:
     if err.errno == errno.ENOENT and err.filename2 is None:
         missing = next((p for p in (*reversed(path.parents), path) if not os.path.lexists(p)), path)
         return f"{path}: {missing} does not exist; check the path"
-    two = f" → {os.fsdecode(err.filename2)}" if err.filename2 is not None else ""
+    two = f" → {os.fsdecode(err.filename2)}" if isinstance(err.filename2, (str, bytes, os.PathLike)) else ""
     return f"{path}{two}: {reason}; {hint}"
 
 

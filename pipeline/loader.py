@@ -119,7 +119,8 @@ def make_loader(
     plan = EpochPlan(batch_size, policy, rank, world_size, split_shards.count)
     if plan.part == 0:
         raise ConfigError(f"split {split!r} has {split_shards.count} samples, fewer than world_size={world_size}: "
-                          f"rank {rank} would get none")
+                          f"rank {rank} would get none; start fewer processes (torchrun --nproc_per_node) or use "
+                          "more data")
     if plan.num_batches == 0:
         per_rank = split_shards.count // world_size
         raise ConfigError(f"batch size {batch_size} is larger than the {per_rank} samples "

@@ -65,7 +65,9 @@ def read_split(shards: str | os.PathLike, split: str) -> SplitShards:
             raise DataError(f"shards folder {root} is empty; {make_it}")
         raise DataError(f"no {MANIFEST} in {root}: is this preshard's output folder? {PRESHARD_HINT}")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8-sig"))
+    except RecursionError:
+        raise DataError(f"cannot read {manifest_path}: nested too deeply to be preshard's; {PRESHARD_HINT}") from None
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read {manifest_path}: {err}; {PRESHARD_HINT}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:

@@ -154,7 +154,7 @@ def _temp(name: str) -> bool:
 
 
 def _describe(record: dict | None) -> str:
-    if not record or "images" not in record:
+    if not record or not isinstance(record.get("images"), int):  # no record, or one edited by hand
         return "a set made by an older version of this project (no record; its faces are drawn differently)"
     return (f"{record['images']:,} faces (seed {record.get('seed')}, generator version {record.get('generator', 1)}"
             f"{', unfinished' if record.get('complete') is False else ''})")

@@ -52,16 +52,22 @@ class MetricsLog:
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
-    lines = path.read_text().splitlines()
+    foreign = "it was not written by this trainer (delete or repair it to resume)"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}); {foreign}") from None
     records = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             if i == len(lines) - 1:
                 break  # torn by a kill mid-append; the resume cuts back past it anyway
-            raise ConfigError(f"{path} line {i + 1} is not JSON; it was not written by this trainer "
-                              "(delete or repair it to resume)") from None
+            raise ConfigError(f"{path} line {i + 1} is not JSON; {foreign}") from None
+        if not isinstance(record, dict) or not {"kind", "step", "epoch"} <= set(record):
+            raise ConfigError(f"{path} line {i + 1} is not a metrics record (kind, step, epoch); {foreign}")
+        records.append(record)
     return records

@@ -220,6 +220,7 @@ def check_fresh_run(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool
         raise ConfigError(f"run directory {run_dir} already holds {held}; a new run would mix with it: "
                           f"{continue_it}pick another --out, or pass {OVERWRITE_FLAG} to replace "
                           f"{'it' if ours else 'nothing but what train.py writes'}")
+    ours = sorted(name for name in entries if name in RUN_FILES)  # with the unfinished run's config and metrics
     for name in ours:
         path = entries[name]
         if path.is_dir() and not path.is_symlink():

@@ -20,7 +20,7 @@ from model.use.directions import (FILE_NAME, Directions, compute_directions, loa
                                   resolve_name, save_directions)
 from model.use.faces import encode_split, named_faces
 from model.use.loading import Trained
-from model.use.outputs import check_folder, print_written, write_atomic, write_each
+from model.use.outputs import check_folder, check_replaceable, print_written, write_atomic, write_each
 from model.use.pictures import plot_table
 from pipeline.errors import ConfigError
 
@@ -55,7 +55,8 @@ def encode(args: argparse.Namespace, trained: Trained, console: Console) -> int:
 
 def attributes(args: argparse.Namespace, trained: Trained, console: Console) -> int:
     """One direction per attribute with enough faces on both sides, saved beside the checkpoint."""
-    out = trained.output(args.out, FILE_NAME) if args.out else trained.path.parent / FILE_NAME
+    out = (trained.output(args.out, FILE_NAME) if args.out
+           else check_replaceable(trained.path.parent / FILE_NAME, (trained.path, *trained.inputs)))
     directions = _compute(args, trained, console, out)
     console.print(f"[bold]attribute directions[/] from {directions.count:,} faces of {args.split}: mean μ with minus "
                   "mean μ without; separation = balanced accuracy of the projection on the direction")
@@ -118,7 +119,8 @@ def _directions(args: argparse.Namespace, trained: Trained, console: Console, wa
     if args.directions:
         path = Path(args.directions)
         if not path.is_file():
-            raise ConfigError(f"--directions {path} does not exist; make it with: python -m model attributes")
+            what = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"--directions {path} {what}; make it with: python -m model attributes")
         try:
             return load_directions(path, trained.fingerprint)
         except ConfigError as err:
@@ -128,6 +130,7 @@ def _directions(args: argparse.Namespace, trained: Trained, console: Console, wa
         try:
             return load_directions(path, trained.fingerprint)
         except ConfigError as err:
+            check_replaceable(path, (trained.path, *trained.inputs))  # stale ones of ours, not somebody's file
             console.print(f"[yellow]note:[/] {err}: computing new ones")
     else:
         console.print(f"no attribute directions beside {trained.path.name} yet: computing them (as "

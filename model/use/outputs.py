@@ -86,8 +86,8 @@ def check_replaceable(path: Path, inputs: Sequence[Path]) -> Path:
     suffix = path.suffix.lower()
     if suffix in (".pt", ".npz") and not _ours(path, suffix):
         what = "attribute directions" if suffix == ".pt" else "latents (keys, mu, logvar)"
-        raise ConfigError(f"--out {path} exists and does not hold {what} written by python -m model; it is not "
-                          "replaced: name another file, or move that one away")
+        raise ConfigError(f"{path} exists and does not hold {what} written by python -m model; it is not "
+                          "replaced: name another --out, or move that file away")
     return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..layout import MANIFEST, SPLITS
+from ..lock import lock_name
 from .tar_writer import SHARD_PREFIXES
 
 STATE = ".preshard-state.jsonl"
@@ -112,9 +113,32 @@ def prepare_output(out: Path, fingerprint: str, progress: bool) -> Kept:
     else:
         if our_files(out):
             raise refuse(out, "shard files without a manifest (not written by this preshard)")
+        others = _not_ours(out)
+        if others:  # somebody's folder: preshard writes into a new or empty one, or one it wrote before
+            shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+            raise refuse(out, f"files preshard did not write ({shown})")
         kept = {s: [] for s in SPLITS}
     _write_state(out, fingerprint, kept)
     return kept
+
+
+#: What may already be in a fresh ``--out``: the lock, the record train.py's default data keeps beside its
+#: shards (model/training/data.py), and preshard's own temporary files.
+_MAY_BE_THERE = (lock_name("preshard"), ".synthetic.json", STATE + ".partial", MANIFEST + ".partial")
+
+
+def _not_ours(out: Path) -> list[str]:
+    """Entries of ``out`` (relative names) that a fresh preshard run did not make: anything but the above and
+    empty split folders."""
+    others = []
+    for p in sorted(out.iterdir()):
+        if p.name in _MAY_BE_THERE:
+            continue
+        if p.name in SPLITS and p.is_dir():
+            others += [f"{p.name}/{q.name}" for q in sorted(p.iterdir())]
+            continue
+        others.append(p.name)
+    return others
 
 
 def _load_state(out: Path, fingerprint: str) -> Kept:

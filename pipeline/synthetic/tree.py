@@ -108,6 +108,10 @@ def _write_tree(out: Path, n: int, seed: int, as_zip: bool, workers: int, progre
     resume = previous is not None and {k: previous.get(k) for k in state} == state
     write_record(out, {**state, "complete": False})
     (out / LEGACY_PARTIAL).unlink(missing_ok=True)
+    if previous is not None and not resume:  # another set of ours: nothing of it may stay beside this one
+        _remove_images(out, keep=0 if as_zip else n)
+        if not as_zip:
+            (out / f"{IMAGE_FOLDER}.zip").unlink(missing_ok=True)
     if as_zip:
         rows = _write_zip(out / f"{IMAGE_FOLDER}.zip", seed, n, workers, progress)
     else:
@@ -159,6 +163,20 @@ def _write_folder(folder: Path, seed: int, n: int, workers: int, progress: bool,
     except BaseException:  # Ctrl-C: the pool has stopped (ordered_map waits for it); leave no temp file behind
         _remove_temps(folder)
         raise
+
+
+def _remove_images(out: Path, keep: int) -> None:
+    """Remove the images numbered above ``keep`` from the tree's folder (all of them, and the folder, for 0):
+    what a preshard of the new tree would otherwise find beside its lists (it prefers a folder to a zip)."""
+    folder = out / IMAGE_FOLDER
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        stem = p.name.removeprefix(".").split(".")[0]
+        if not stem.isdigit() or int(stem) > keep:
+            p.unlink()
+    if keep == 0:
+        folder.rmdir()
 
 
 def _remove_temps(folder: Path) -> None:
