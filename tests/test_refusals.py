@@ -120,6 +120,35 @@ def test_synthetic_refuses_a_folder_it_did_not_make(tmp_path, capsys, case, shar
     assert snapshot(folder) == before
 
 
+@pytest.mark.parametrize("case", ["photos", "a train folder of somebody's", "the source itself"])
+def test_preshard_refuses_an_out_it_did_not_make(tmp_path, capsys, small_celeba, case):
+    out = tmp_path / "out"
+    if case == "photos":
+        photo(out / "me.jpg")
+    elif case == "a train folder of somebody's":
+        photo(out / "train" / "cat.jpg")
+    else:
+        import shutil
+
+        out = shutil.copytree(small_celeba, tmp_path / "celeba")
+    before = snapshot(out)
+    err = refused(capsys, "preshard", "--celeba", small_celeba if case != "the source itself" else out, "--out", out,
+                  "--workers", 1)
+    assert f"{out} already holds files preshard did not write" in err and "pick another --out" in err, err
+    assert snapshot(out) == before
+
+
+def test_a_tree_redrawn_in_the_other_layout_keeps_nothing_of_the_first(tmp_path, capsys):
+    out = tmp_path / "tree"
+    for argv in (["--n", 8], ["--n", 5, "--zip"], ["--n", 4]):
+        rc, err, _ = run(capsys, "synthetic", "--out", out, *argv, "--workers", 1)
+        assert rc == 0, err
+        if "--zip" in argv:
+            assert not (out / "img_align_celeba").exists()
+    assert not (out / "img_align_celeba.zip").exists()
+    assert sorted(p.name for p in (out / "img_align_celeba").iterdir()) == [f"{i:06d}.jpg" for i in range(1, 5)]
+
+
 def test_synthetic_writes_new_empty_and_its_own_folders(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for folder in (tmp_path / "new", tmp_path / "empty", tmp_path / "new"):  # the last: its own, rerun
@@ -185,13 +214,18 @@ def test_model_outputs_never_replace_an_input_or_a_foreign_file(tmp_path, capsys
     ckpt = run_dir / "checkpoints" / "last.pt"
     foreign = tmp_path / "mine.npz"
     np.savez(foreign, weights=np.ones(3))
+    beside = tmp_path / "theirs"  # somebody's own attributes.pt where the directions would go by default
+    beside.mkdir()
+    (beside / "best.pt").write_bytes(ckpt.read_bytes())
+    (beside / "attributes.pt").write_bytes(b"their own file")
     before = snapshot(run_dir) | snapshot(tmp_path)
     cases = [("attributes", "--checkpoint", ckpt, "--out", ckpt),
+             ("attributes", "--checkpoint", beside / "best.pt"),
              ("reconstruct", face, "--run", run_dir, "--out", face),
              ("encode", "--run", run_dir, "--out", foreign)]
     for argv in cases:
         err = refused(capsys, "model", *argv)
-        assert "is one of this command's inputs" in err or "does not hold latents" in err, err
+        assert "is one of this command's inputs" in err or "does not hold" in err, err
     assert snapshot(run_dir) | snapshot(tmp_path) == before
 
 
