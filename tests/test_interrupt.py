@@ -55,10 +55,11 @@ def test_cli_entry_one_line_for_sigterm_ctrl_c_and_a_full_disk(tmp_path, capsys)
 
     @cli_entry
     def other_os_error() -> int:
-        raise PermissionError(errno.EACCES, "Permission denied")
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "theirs"))
 
-    with pytest.raises(PermissionError):  # not a full disk: not swallowed
-        other_os_error()
+    assert other_os_error() == 2  # any OSError on a path: one line naming it and what to do (#27)
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'theirs'}: Permission denied (EACCES); choose a path you "
+                                       "may use, or change its permissions\n")
 
 
 @pytest.mark.slow
