@@ -1,96 +1,81 @@
 #!/usr/bin/env bash
-# The GPU measurements of bench/RESULTS.md, cut into steps that each fit one device call (≤ 10 min).
+# The GPU measurement of bench/RESULTS.md, from the repository root of a machine with one GPU:
 #
-#   bash bench/gpu_session.sh STEP [STEP ...]      (from the repository root, on the lent machine)
+#   bash bench/gpu_session.sh quick [--budget SECONDS] [--out DIR] [--data DIR] [--no-overlap] [--dry-run]
+#   bash bench/gpu_session.sh dali  [--budget SECONDS] [--out DIR] [--data DIR] [--dry-run]
 #
-#   setup      install DALI from the staged parts (../shared/GPU.md) unless it imports already
-#   data       generate + preshard a CelebA-sized synthetic set ($N images, train split 162,770)
-#   tests      the whole test suite: on CUDA the kernels compile for real, DALI decodes with nvJPEG
-#   loader     bench parts loader + loss (loader epochs capped at $LOADER_MAX_IMAGES images; DALI-GPU's
-#              hardware-decoder share swept)
-#   step       bench.train_step alone (no new variant after $STEP_BUDGET s; JSON rewritten per variant)
-#   input      bench parts input + profile on the CelebA-sized split: a real epoch, NVML, trace
-#   train      train.py for $TRAIN_EPOCHS epochs on that split (per-epoch images/s and GPU %)
+# quick (≈ 6 min on an H100, 16 cores): kernel tests, graph breaks, loss, train-step grid, train.py
+#   for 3 epochs on a synthetic set drawn in 90 s, the profiler's GPU idle share, torchvision's GPU
+#   JPEG decode. It needs PyTorch with CUDA, Triton and torchvision; no DALI, no network. Where
+#   webdataset does not import, it is installed from .wheels/ (bench/stage_wheels.sh quick: webdataset,
+#   braceexpand, PyYAML, ≈ 0.9 MB; GPU_SESSION_WHEELS names another folder) into .wheels/site/, never
+#   into the machine's own Python.
+# dali (≈ 5 min): DALI-GPU decode swept (hw_decoder_load, hybrid_huffman_threshold, threads) and input
+#   efficiency with DALI-GPU. Where DALI does not import, it is installed first from the parts that
+#   bench/stage_wheels.sh dali made (≈ 250 MB), found in $DALI_PARTS (default ~/dali) or .dali/.
 #
-# Each step runs what it needs first (data needs setup, the bench steps need data), so any step
-# works on a fresh machine, only slower. Logs and JSON go to $OUT, which the device tool brings
-# back; everything else (DALI, the data set) lives on the machine while it is held.
+# Output: OUT (default bench_out/gpu-MODE) gets PART.json and PART.log as each part ends, and
+# session.json; a part that would overrun --budget is skipped with a line saying so.
+# --dry-run: every part at toy size on the machine at hand (a CPU will do) in under two minutes.
+# PY picks the interpreter (default python3).
 set -euo pipefail
-
-OUT=${OUT:-bench_out/gpu}
-DATA=${DATA:-$HOME/celeba-synthetic}
-N=${N:-202599}
-LOADER_MAX_IMAGES=${LOADER_MAX_IMAGES:-16384}
-STEP_BUDGET=${STEP_BUDGET:-300}
-TRAIN_EPOCHS=${TRAIN_EPOCHS:-2}
+cd "$(dirname "$0")/.."
 PY=${PY:-python3}
-mkdir -p "$OUT"
-# The machine's own Python holds torch/triton/torchvision; the project runs from the checkout.
+mode=${1:-}
+case $mode in
+  quick|dali) ;;
+  *) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
-log() { echo "== $(date -u +%H:%M:%S) $*"; }
+missing() { ! "$PY" -c "import $1" 2>/dev/null; }
 
-SETUP_DONE=0
-step_setup() {  # every step calls it first; it runs once per invocation
-  [ "$SETUP_DONE" = 1 ] && return
-  if "$PY" -c 'import nvidia.dali, webdataset' 2>/dev/null; then
-    log "DALI and webdataset already importable"
-  elif [ -f .dali/install-dali ]; then
-    bash .dali/install-dali
-  else
-    echo "DALI is not installed and .dali/install-dali was not carried: see ../shared/GPU.md" >&2
-    return 2
+# webdataset and what it imports, from the carried wheels, where the machine lacks them
+WHEELS=$(cd "${GPU_SESSION_WHEELS:-.wheels}" 2>/dev/null && pwd || echo "${GPU_SESSION_WHEELS:-.wheels}")
+if missing webdataset; then
+  site=$WHEELS/site
+  wheels=()
+  for pair in webdataset:webdataset braceexpand:braceexpand yaml:pyyaml; do
+    mod=${pair%%:*} name=${pair##*:}
+    if missing "$mod"; then
+      whl=$(ls "$WHEELS/$name"-*.whl 2>/dev/null | head -n 1 || true)
+      [ -n "$whl" ] || { echo "$mod does not import and $WHEELS has no $name wheel: run bash bench/stage_wheels.sh quick where there is network and copy .wheels/ here" >&2; exit 2; }
+      wheels+=("$whl")
+    fi
+  done
+  if "$PY" -m pip --version >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "${wheels[@]}"
+    export PYTHONPATH="$site:$PYTHONPATH"
+  else  # no pip: the wheels are zip files that import as they are (PyYAML falls back to pure Python)
+    for w in "${wheels[@]}"; do export PYTHONPATH="$w:$PYTHONPATH"; done
   fi
-  "$PY" - <<'EOF' | tee "$OUT/env.txt"
-import torch, triton, nvidia.dali as dali
-print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "dali", dali.__version__)
-print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
+  missing webdataset && { echo "webdataset still does not import after installing ${wheels[*]}" >&2; exit 2; }
+  echo "installed from $WHEELS: ${wheels[*]##*/}"
+fi
+
+if [ "$mode" = dali ] && missing nvidia.dali && [[ " $* " != *" --dry-run "* ]]; then
+  parts=${DALI_PARTS:-$HOME/dali}
+  ls "$parts"/part-* >/dev/null 2>&1 || parts=.dali
+  ls "$parts"/part-* >/dev/null 2>&1 || { echo "DALI does not import and no staged parts were found in ${DALI_PARTS:-$HOME/dali} or .dali/ (bench/stage_wheels.sh dali)" >&2; exit 2; }
+  tmp=$(mktemp -d)
+  cat "$parts"/part-* | tar -C "$tmp" -xf -
+  # DALI joins the nvidia.* namespace beside PyTorch's CUDA libraries, so it goes into the same Python
+  PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install -q --no-index --no-deps --no-compile "$tmp"/whl/*.whl
+  rm -rf "$tmp"
+  "$PY" -c 'import nvidia.dali as d, nvidia.dali.plugin.pytorch; print("DALI", d.__version__, "installed")'
+fi
+
+"$PY" - <<'EOF'
+import platform, torch
+try:
+    import triton; tv = triton.__version__
+except Exception as e:
+    tv = f"none ({type(e).__name__})"
+try:
+    import torchvision; tvv = torchvision.__version__
+except Exception as e:
+    tvv = f"unusable ({type(e).__name__})"
+dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+print(f"python {platform.python_version()} | torch {torch.__version__} | triton {tv} | torchvision {tvv} | {dev}")
 EOF
-  SETUP_DONE=1
-}
-
-step_data() {
-  step_setup
-  if [ -f "$DATA/shards/manifest.json" ]; then log "data: $DATA/shards already there"; return; fi
-  log "data: $N synthetic images → $DATA"
-  "$PY" -m pipeline.synthetic --out "$DATA/celeba" --n "$N" 2>&1 | tail -n 8
-  "$PY" -m pipeline.preshard --celeba "$DATA/celeba" --out "$DATA/shards" 2>&1 | tail -n 12
-  rm -rf "$DATA/celeba"  # the shards hold every image; the JPEG folder only doubles the disk use
-}
-
-step_tests() {
-  step_setup
-  "$PY" -m pytest -q -p no:cacheprovider -ra 2>&1 | tee "$OUT/pytest.log" | tail -n 25
-}
-
-bench() {  # bench NAME ARGS...: one suite call on the CelebA-sized shards, JSON + log into $OUT
-  local name=$1; shift
-  step_data
-  "$PY" -m bench --shards "$DATA/shards" --out "$HOME/bench_out" --json "$OUT/$name.json" "$@" 2>&1 \
-    | tee "$OUT/$name.log"
-}
-
-step_loader() { bench loader_loss --only loader loss --loader-max-images "$LOADER_MAX_IMAGES"; }
-step_step() {  # the part alone: it rewrites its JSON after every variant, so a cut-short call keeps them
-  step_setup
-  "$PY" -m bench.train_step --budget "$STEP_BUDGET" --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.log"
-}
-step_input() {
-  bench input_profile --only input profile
-  gzip -c "$HOME/bench_out/trace.json" > "$OUT/trace.json.gz"
-}
-step_train() {
-  step_data
-  "$PY" train.py --data "$DATA/shards" --epochs "$TRAIN_EPOCHS" --out "$HOME/runs/celeba-size" 2>&1 \
-    | tee "$OUT/train.log" | tail -n 40
-  cp "$HOME/runs/celeba-size/training_log.png" "$OUT/" 2>/dev/null || true
-}
-
-[ $# -gt 0 ] || { sed -n '2,/^set /{/^#/p}' "$0"; exit 2; }
-for s in "$@"; do
-  case $s in
-    setup|data|tests|loader|step|input|train) log "step $s"; "step_$s" ;;
-    *) echo "unknown step: $s (setup data tests loader step input train)" >&2; exit 2 ;;
-  esac
-done
-log "done: $*"
+exec "$PY" -m bench.gpu_session "$@"

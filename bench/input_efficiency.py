@@ -30,13 +30,15 @@ from pipeline.loader import resolve_device
 CELEBA_TRAIN_IMAGES = 162_770
 
 
-def trainer_variant(device: torch.device, batch_size: int | None = None) -> tuple[Variant, dict[str, Any]]:
-    """The variant train.py would run with config.json's defaults on ``device``."""
+def trainer_variant(device: torch.device, batch_size: int | None = None,
+                    config: str | Path | None = None) -> tuple[Variant, dict[str, Any]]:
+    """The variant train.py would run on ``device`` with config.json's defaults, or with the keys of
+    ``config`` (e.g. configs/gpu.json) layered over them."""
     from kernels import resolve_impl
     from model.training.config import read_config_file
     from model.training.runtime import resolve_runtime
 
-    cfg = read_config_file()
+    cfg = read_config_file(config)
     rt = resolve_runtime(cfg, device=device)
     loss = resolve_impl(cfg["loss_impl"], device)
     return Variant(rt.compile_mode if rt.compile else "eager", rt.amp, loss, batch_size or cfg["batch_size"]), cfg
@@ -82,12 +84,12 @@ def _timed_epoch(batches, step, max_steps: int | None, warmup: int, device: torc
 
 def run(shards: str | Path, quick: bool = False, json_path: str | None = None, device: str | None = None,
         batch_size: int | None = None, backend: str = "auto", print_results: bool = True, cache: str | None = None,
-        epochs: int = 2) -> dict[str, Any]:
+        epochs: int = 2, config: str | Path | None = None) -> dict[str, Any]:
     """Resident vs loader-fed for ``epochs`` epochs: with a cache the first decodes and fills it, the
-    later ones read it. ``cache``: None → config.json's."""
+    later ones read it. ``cache``: None → the config's (``config`` over config.json)."""
     shards = Path(shards)
     device = resolve_device(device)
-    v, cfg = trainer_variant(device, batch_size)
+    v, cfg = trainer_variant(device, batch_size, config)
     cache = cfg["cache"] if cache is None else cache
     warmup = 2 if quick else 10
     max_steps = 4 if quick else None  # None: the whole train split, which gives the epoch time too
@@ -152,7 +154,8 @@ def run(shards: str | Path, quick: bool = False, json_path: str | None = None, d
         "celeba_epoch_measured": celeba_measured,
     }
     settings = {"shards": str(shards), "device": str(device), "quick": quick, "warmup_steps": warmup,
-                "batch_size": v.batch_size, "backend": backend, "cache": cache, "epochs": epochs}
+                "batch_size": v.batch_size, "backend": backend, "cache": cache, "epochs": epochs,
+                "config": None if config is None else str(config)}
     if print_results:
         util = last["gpu_util_mean_pct"]
         print_table(
@@ -177,17 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.input_efficiency", description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", required=True, help="preshard's output folder")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--batch-size", type=int, default=None, help="default: config.json's batch_size")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the config's batch_size")
     p.add_argument("--backend", default="auto", choices=["auto", "dali", "webdataset"])
     p.add_argument("--cache", default=None, choices=["auto", "none", "host", "device"],
                    help="decoded-image cache (default: config.json's)")
     p.add_argument("--epochs", type=int, default=2, help="loader-fed epochs: the first fills the cache (default 2)")
     p.add_argument("--device", default=None)
+    p.add_argument("--config", default=None, help="a config file layered over config.json (e.g. configs/gpu.json)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {a.epochs}")
-    run(a.shards, a.quick, a.json, a.device, a.batch_size, a.backend, cache=a.cache, epochs=a.epochs)
+    run(a.shards, a.quick, a.json, a.device, a.batch_size, a.backend, cache=a.cache, epochs=a.epochs,
+        config=a.config)
     return 0
 
 

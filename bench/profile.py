@@ -5,7 +5,7 @@
 summarizes the top operators / kernels by self time. On CUDA the GPU idle share is computed from
 the trace itself: 1 − (union of kernel and memcpy intervals) ÷ (wall span of the profiled steps).
 
-    python -m bench.profile --shards DIR [--steps 10] [--out DIR] [--json OUT]
+    python -m bench.profile --shards DIR [--steps 10] [--out DIR] [--json OUT] [--config FILE] [--backend B]
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def merged_length(intervals: list[tuple[float, float]]) -> float:
 
 def run(shards: str | Path, quick: bool = False, out_dir: str | Path = "bench_out", json_path: str | None = None,
         device: str | None = None, steps: int | None = None, top: int = 15, batch_size: int | None = None,
-        print_results: bool = True) -> dict[str, Any]:
+        print_results: bool = True, config: str | Path | None = None, backend: str = "auto") -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile, schedule
 
     device = resolve_device(device)
@@ -66,9 +66,9 @@ def run(shards: str | Path, quick: bool = False, out_dir: str | Path = "bench_ou
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = steps or (3 if quick else 20)
     wait, warmup = (0, 1) if quick else (2, 3)
-    v, cfg = trainer_variant(device, batch_size)
+    v, cfg = trainer_variant(device, batch_size, config)
     h = build_harness(v, device)
-    loader = train_loader(Path(shards), v, h.runtime, cfg)
+    loader = train_loader(Path(shards), v, h.runtime, cfg, backend)
     if len(loader) < wait + warmup + steps:
         loader.close()
         raise DataError(f"the train split has {len(loader)} batches; profiling needs {wait + warmup + steps}: "
@@ -108,7 +108,8 @@ def run(shards: str | Path, quick: bool = False, out_dir: str | Path = "bench_ou
     results = {"variant": v.label, "backend": loader.backend, "trace": str(trace_path), "steps": steps,
                "top": rows, "gpu": gpu, "sort_key": sort_key}
     settings = {"shards": str(shards), "device": str(device), "quick": quick, "steps": steps, "batch_size": v.batch_size,
-                "wait": wait, "warmup": warmup}
+                "wait": wait, "warmup": warmup, "config": None if config is None else str(config), "backend": backend,
+                "cache": cfg["cache"]}
     if print_results:
         where = "GPU" if device.type == "cuda" else "CPU"
         caption = (f"GPU busy {100 * gpu['busy_share']:.1f} % / idle {100 * gpu['idle_share']:.1f} % of "
@@ -130,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench_out", help="folder for trace.json")
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="default: config.json's batch_size")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the config's batch_size")
+    p.add_argument("--config", default=None, help="a config file layered over config.json (e.g. configs/gpu.json)")
+    p.add_argument("--backend", default="auto", choices=["auto", "dali", "webdataset"])
     a = p.parse_args(argv)
-    run(a.shards, a.quick, a.out, a.json, a.device, a.steps, batch_size=a.batch_size)
+    run(a.shards, a.quick, a.out, a.json, a.device, a.steps, batch_size=a.batch_size, config=a.config,
+        backend=a.backend)
     return 0
 
 

@@ -185,30 +185,3 @@ def test_flops_per_image_counts_the_configured_model_without_moving_the_rng():
     # first conv's input gradient, which is not needed: ~3× forward.
     assert 300e6 < base < 330e6
     assert vae_flops_per_image(VAEConfig(res_blocks=1)) > base
-
-
-def test_gpu_session_script_checks_its_steps_and_builds_a_sharded_set(tmp_path):
-    """bench/gpu_session.sh is what a session with a lent GPU runs; its CPU-checkable steps run here."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from pipeline.shards import read_split
-
-    root = Path(__file__).resolve().parents[1]
-    script = root / "bench" / "gpu_session.sh"
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "N": "40", "PY": sys.executable}
-
-    def run(*steps: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(script), *steps], cwd=root, env=env, capture_output=True, text=True,
-                              timeout=300)
-
-    assert run().returncode == 2  # no step: usage
-    bad = run("warp")
-    assert bad.returncode == 2 and "unknown step: warp" in bad.stderr
-    done = run("data")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert read_split(tmp_path / "data" / "shards", "train").count == 32  # 40 images in CelebA's proportions
-    assert not (tmp_path / "data" / "celeba").exists()  # the JPEG tree is dropped once sharded
-    assert "torch" in (tmp_path / "out" / "env.txt").read_text()
