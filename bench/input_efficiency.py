@@ -24,6 +24,7 @@ from bench.common import print_table, save_json, sync
 from model.training.gpu_util import GpuUtilSampler
 from bench.train_step import Variant, build_harness, resident_batch
 from pipeline.errors import ConfigError, DataError, cli_entry
+from pipeline.limits import check_count
 from pipeline.loader import resolve_device
 
 #: Images in CelebA's train split: the epoch the issue's "< 10 s per epoch" target is about.
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {a.epochs}")
+    check_count("--epochs", a.epochs, 1, 1000, "loader-fed epochs")  # upper bounds: pipeline/limits.py
+    if a.batch_size is not None:
+        check_count("--batch-size", a.batch_size, 1, 65_536)
     run(a.shards, a.quick, a.json, a.device, a.batch_size, a.backend, cache=a.cache, epochs=a.epochs,
         config=a.config)
     return 0

@@ -20,6 +20,7 @@ from bench.common import print_table, save_json, sync
 from bench.input_efficiency import train_loader, trainer_variant
 from bench.train_step import build_harness
 from pipeline.errors import DataError, cli_entry
+from pipeline.limits import check_count
 from pipeline.loader import resolve_device
 
 #: Trace event categories that occupy the GPU.
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="a config file layered over config.json (e.g. configs/gpu.json)")
     p.add_argument("--backend", default="auto", choices=["auto", "dali", "webdataset"])
     a = p.parse_args(argv)
+    for option, value, high in (("--steps", a.steps, 10_000), ("--batch-size", a.batch_size, 65_536)):
+        if value is not None:  # upper bounds too: pipeline/limits.py
+            check_count(option, value, 1, high)
     run(a.shards, a.quick, a.out, a.json, a.device, a.steps, batch_size=a.batch_size, config=a.config,
         backend=a.backend)
     return 0
