@@ -430,3 +430,16 @@ def test_preshard_images_refuses_an_empty_train_split_and_notes_an_empty_val(tmp
     rc, err, out = run(capsys, "preshard", "--images", folder, "--out", tmp_path / "o2", "--workers", 1)
     assert rc == 0, err
     assert "note: the val split is empty" in " ".join(out.split()) and "raise --val/--test" in " ".join(out.split())
+
+
+def test_a_full_disk_under_python_m_model_names_its_output(tmp_path, capsys, monkeypatch, run_dir):
+    import model.training.artifacts as artifacts
+
+    def no_space(*args, **kwargs):  # PIL's write on an open file: no file name in the error
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(artifacts, "plot_samples", no_space)
+    out = tmp_path / "s.png"
+    err = refused(capsys, "model", "sample", "--run", run_dir, "--n", 2, "--out", out)
+    assert f"disk full while writing {out}:" in err and "free some space, then run it again:" in err, err
+    assert list(tmp_path.iterdir()) == []

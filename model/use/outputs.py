@@ -14,22 +14,24 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, writing_to
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` for a temp file beside ``path`` (same suffix, so writers that go by the
     suffix pick the right format), then move it onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The writer creates the file itself (not mkstemp), so it gets the user's usual permissions.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # writing_to: a writer's own errors (a full disk in PIL's or numpy's write) name no file; they are this one's.
+    with writing_to(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The writer creates the file itself (not mkstemp), so it gets the user's usual permissions.
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
