@@ -49,9 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The kernel tests of the fast subset: float64 gradcheck and the inductor compiles are what take minutes.
 KERNEL_TESTS = ["tests/test_kernels_vae_loss.py", "tests/test_kernels_reparam_kl.py", "tests/test_kernels_sse.py"]
 KERNEL_SUBSET = "not gradcheck and not compiled"
-DRY_RUN_KERNEL_SUBSET = "whole_loss_path or no_grad_and_nan or traces_without_graph_breaks"
-#: The dry run's data set: train split ≈ 190 images, 11 steps of 16 per epoch.
-DRY_RUN_IMAGES = 240
+DRY_RUN_KERNEL_SUBSET = "whole_loss_path or no_grad_and_nan"
+#: The dry run's data set: a train split of 128 images, 4 steps of 32 per epoch.
+DRY_RUN_IMAGES = 160
+#: Layered over the preset for the dry run, so that every part runs its configuration at toy size on a
+#: CPU: compile alone would take a minute there, and 8 loader workers on 2 cores only wait for each other.
+DRY_RUN_CONFIG = {"batch_size": 32, "eval_batch_size": 64, "compile": False, "amp": "off", "num_threads": 2,
+                  "eval_iwae_images": 16, "eval_samples": 32, "n_samples": 16}
 
 
 @dataclass
@@ -245,11 +249,7 @@ def part_train(s: Session, p: Part) -> dict[str, Any]:
     run_dir = s.out / "train_run"
     argv = _python(s, "train.py", "--config", s.config, "--data", str(shards), "--epochs", "3",
                    "--out", str(run_dir), "--backend", "webdataset")
-    env = {}
-    if s.dry_run:  # toy size on a CPU: small batches, no compile (it alone would take a minute here), no probe
-        argv += ["--batch_size", "32", "--eval_batch_size", "64", "--compile", "false", "--amp", "off",
-                 "--eval_iwae_images", "16", "--eval_samples", "32"]
-        env["VAE_NO_PROBE"] = "1"
+    env = {"VAE_NO_PROBE": "1"} if s.dry_run else {}  # the dry run's config fixes amp; no probe of the step
     sampler = NvmlSampler()
     watcher = EpochWatcher(run_dir / "metrics.jsonl")
     with sampler, watcher:
@@ -264,7 +264,7 @@ def part_profile(s: Session, p: Part) -> None:
     shards = s.wait_for_data(s.left() - p.least)
     argv = _python(s, "-m", "bench.profile", "--shards", str(shards), "--config", s.config, "--backend",
                    "webdataset", "--out", str(s.out), "--json", str(s.out / "profile.json"))
-    argv += ["--batch-size", "16", "--steps", "3", "--quick"] if s.dry_run else ["--steps", "20"]
+    argv += ["--steps", "3", "--quick"] if s.dry_run else ["--steps", "20"]
     rc, _ = s.command(p.name, argv, timeout=s.left())
     _checked(rc, "bench.profile")
 
@@ -283,7 +283,7 @@ def part_dali_decode(s: Session, p: Part) -> None:
     shards = s.wait_for_data(s.left() - p.least)
     argv = _python(s, "-m", "bench.loader", "--shards", str(shards), "--json", str(s.out / "dali_decode.json"))
     if s.dry_run:  # no CUDA here: DALI's CPU decoder stands in for the GPU rows
-        argv += ["--only", "DALI-CPU 1", "--epochs", "1", "--quick", "--batch-size", "32"]
+        argv += ["--only", "DALI-CPU 1", "--epochs", "1", "--quick", "--batch-size", str(DRY_RUN_CONFIG["batch_size"])]
     else:
         argv += ["--only", "DALI-GPU", "--epochs", "3", "--max-images", "16384"]
     rc, _ = s.command(p.name, argv, timeout=s.left())
@@ -294,7 +294,7 @@ def part_dali_input(s: Session, p: Part) -> None:
     shards = s.wait_for_data(s.left() - p.least)
     argv = _python(s, "-m", "bench.input_efficiency", "--shards", str(shards), "--config", s.config,
                    "--backend", "dali", "--json", str(s.out / "dali_input.json"))
-    argv += ["--quick", "--batch-size", "16", "--epochs", "2"] if s.dry_run else ["--cache", "device", "--epochs", "3"]
+    argv += ["--quick", "--epochs", "2"] if s.dry_run else ["--cache", "device", "--epochs", "3"]
     rc, _ = s.command(p.name, argv, timeout=s.left())
     _checked(rc, "bench.input_efficiency")
 
@@ -459,8 +459,18 @@ def dali_parts(s: Session) -> list[Part]:
             Part("dali_input", 90 if g else 15, part_dali_input, needs_data=True)]
 
 
+def dry_run_config(preset: str, out: Path) -> str:
+    """The preset's keys with DRY_RUN_CONFIG over them, as a config file of its own in ``out``."""
+    keys = json.loads(Path(ROOT, preset).read_text())
+    path = out / "dry-run-config.json"
+    _write_json(path, {**keys, **DRY_RUN_CONFIG, "#dry-run": f"{preset} at toy size (bench.gpu_session)"})
+    return str(path)
+
+
 def run_session(s: Session) -> int:
     s.out.mkdir(parents=True, exist_ok=True)
+    if s.dry_run:
+        s.config = dry_run_config(s.config, s.out)
     parts = quick_parts(s) if s.mode == "quick" else dali_parts(s)
     s.say(f"{s.mode}{' (dry run)' if s.dry_run else ''}: budget {s.budget:.0f} s; parts "
           + ", ".join(f"{p.name} ≥{p.least:.0f} s" for p in parts) + f"; output {s.out}")
@@ -524,15 +534,17 @@ def _finish_part_json(s: Session, p: Part, entry: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------- the train-step grid, preset first
-def preset_first(variants_fn: Callable, preset, eager_fp32) -> Callable:
+def preset_first(variants_fn: Callable, preset, eager_fp32, only_these: bool = False) -> Callable:
     """``bench.train_step.variants`` with the GPU preset first and eager fp32 at its batch second
-    (the headline ratio needs both), the rest in their own order; the preset is added if the grid lacks it."""
+    (the headline ratio needs both), the rest in their own order (none with ``only_these``); the
+    preset is added if the grid lacks it."""
+    first = list(dict.fromkeys([preset, eager_fp32]))  # one row where the preset is eager fp32
 
     def ordered(device, quick, batch_sizes):
         keep, skipped = variants_fn(device, quick, batch_sizes)
-        keep = [v for v in keep if v not in (preset, eager_fp32)]
-        skipped = [x for x in skipped if x["variant"] not in (preset.label, eager_fp32.label)]
-        return [preset, eager_fp32, *keep], skipped
+        rest = [] if only_these else [v for v in keep if v not in first]
+        skipped = [x for x in skipped if x["variant"] not in {v.label for v in first}]
+        return [*first, *rest], skipped
 
     return ordered
 
@@ -546,11 +558,9 @@ def step_grid(json_path: str, budget: float, dry_run: bool, config: str) -> None
 
     device = resolve_device(None)
     preset, _ = trainer_variant(device, config=config)
-    if dry_run:  # a CPU: compiling alone would take a minute; the toy grid keeps the order and the files
-        preset = ts.Variant("eager", preset.amp, "torch", 8)
     eager_fp32 = ts.Variant("eager", "off", "torch", preset.batch_size)
-    ts.variants = preset_first(ts.variants, preset, eager_fp32)
-    batch_sizes = [8] if dry_run else None
+    ts.variants = preset_first(ts.variants, preset, eager_fp32, only_these=dry_run)
+    batch_sizes = [preset.batch_size] if dry_run else None
     torch.manual_seed(0)
     ts.run(quick=dry_run, json_path=json_path, batch_sizes=batch_sizes, budget_s=budget)
 

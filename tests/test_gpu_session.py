@@ -58,7 +58,7 @@ def test_quick_dry_run_runs_every_part_and_writes_its_json(tmp_path):
     assert docs["profile"]["results"]["steps"] == 3
     assert any(r["images_per_s"] > 0 for r in docs["decode"]["results"]["rows"])
     data = json.loads((out / "data.json").read_text())["results"]
-    assert data["images"] == 240
+    assert data["images"] == 160
 
 
 @pytest.mark.slow
@@ -138,6 +138,9 @@ def test_preset_runs_first_and_eager_fp32_second():
     # a preset the grid lacks (it lists CUDA-graph modes only on CUDA) is added, not lost
     keep, _ = preset_first(lambda *a: ([eager], []), preset, eager)(None, True, None)
     assert keep == [preset, eager]
+    # the dry run's preset is eager fp32 itself: one row, and nothing else with only_these
+    keep, _ = preset_first(variants, eager, eager, only_these=True)(None, True, None)
+    assert keep == [eager]
 
 
 def test_train_report_rebuilds_per_epoch_rates_and_reads_nvml_per_epoch(tmp_path):
