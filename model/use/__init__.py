@@ -8,6 +8,7 @@
     directions.py       attribute directions (mean μ with an attribute minus without it): compute,
                         save beside the checkpoint, load, look names up
     outputs.py          files written whole (temp + rename), one PNG per image, animated GIFs
+    replaceable.py      outputs that would replace an input or somebody's file: refused before any work
     pictures.py         labelled tables of faces (interpolation strips, reconstructions, edits)
     commands_pictures.py  summary, sample, reconstruct, interpolate
     commands_latents.py   encode, attributes, edit

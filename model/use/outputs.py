@@ -69,44 +69,6 @@ def _check_writable(folder: Path, option: str) -> None:
                           "permission); choose a folder you can write to")
 
 
-def check_replaceable(path: Path, inputs: Sequence[Path]) -> Path:
-    """``path``, after refusing (before any work is done) to replace what the command did not make: one of
-    its own inputs (the checkpoint, a face, a directions file), something that is not a regular file, or a
-    ``.pt``/``.npz`` that does not hold what this project writes under that suffix (a checkpoint, say)."""
-    if not path.exists():
-        return path
-    if not path.is_file():
-        raise ConfigError(f"--out {path} exists and is not a regular file; name a new file or one this command wrote")
-    for source in inputs:
-        try:
-            same = source.exists() and os.path.samefile(path, source)
-        except OSError:
-            same = False
-        if same:
-            raise ConfigError(f"--out {path} is one of this command's inputs; writing it would replace that input: "
-                              "name another file")
-    suffix = path.suffix.lower()
-    if suffix in (".pt", ".npz") and not _ours(path, suffix):
-        what = "attribute directions" if suffix == ".pt" else "latents (keys, mu, logvar)"
-        raise ConfigError(f"{path} exists and does not hold {what} written by python -m model; it is not "
-                          "replaced: name another --out, or move that file away")
-    return path
-
-
-def _ours(path: Path, suffix: str) -> bool:
-    """Whether an existing output file holds what this project writes under ``suffix``."""
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as doc:
-                return {"keys", "mu", "logvar"} <= set(doc.files)
-        from model.use.directions import FORMAT
-
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-        return isinstance(doc, dict) and doc.get("format") == FORMAT
-    except Exception:  # unreadable, or a pickle a weights-only load refuses: not ours either way
-        return False
-
-
 def _file_in_the_way(folder: Path) -> Path | None:
     """The nearest existing path at or above ``folder`` if it is a file (``folder`` cannot be made), else None."""
     for path in (folder, *folder.parents):
