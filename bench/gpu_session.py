@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KERNEL_TESTS = ["tests/test_kernels_vae_loss.py", "tests/test_kernels_reparam_kl.py", "tests/test_kernels_sse.py"]
 KERNEL_SUBSET = "not gradcheck and not compiled"
 DRY_RUN_KERNEL_SUBSET = "whole_loss_path or no_grad_and_nan"
+#: Seconds kept for the train-step grid's last variant after its budget: a reduce-overhead compile.
+STEP_ROOM = 45
 #: The dry run's data set: a train split of 128 images, 4 steps of 32 per epoch.
 DRY_RUN_IMAGES = 160
 #: Layered over the preset for the dry run, so that every part runs its configuration at toy size on a
@@ -66,7 +68,6 @@ class Part:
     least: float
     run: Callable[["Session", "Part"], dict[str, Any] | None]
     cap: float | None = None
-    needs_data: bool = False
 
 
 @dataclass
@@ -98,8 +99,8 @@ class Session:
         _write_json(self.out / "session.json", doc)
 
     # ------------------------------------------------------------------ subprocesses
-    def command(self, part: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None,
-                nice: bool = False) -> tuple[int | None, str]:
+    def command(self, part: str, argv: list[str], *, timeout: float,
+                env: dict[str, str] | None = None) -> tuple[int | None, str]:
         """Run ``argv`` with its output streamed to OUT/PART.log and to this process's stdout;
         (returncode or None on timeout, the output). A timed-out command's process group is killed."""
         log = self.out / f"{part}.log"
@@ -108,8 +109,7 @@ class Session:
             fh.write(f"$ {' '.join(argv)}\n")
             fh.flush()
             proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, bufsize=1, start_new_session=True,
-                                    preexec_fn=(lambda: os.nice(19)) if nice else None)
+                                    text=True, bufsize=1, start_new_session=True)
             chunks: list[str] = []
 
             def pump() -> None:
@@ -228,13 +228,13 @@ def part_loss(s: Session, p: Part) -> None:
 
 
 def part_train_step(s: Session, p: Part, reserve: float) -> None:
-    # No new variant once the parts after this one would lose their least time; the first two
-    # (the preset and eager fp32) always run.
-    grid_budget = max(1.0, s.left() - reserve)
+    # No new variant once the parts after this one would lose their least time, with room for the last
+    # one started (a compile); the first (the preset) always runs. The grid rewrites its JSON after
+    # every variant, so a variant stopped at the limit costs only itself.
+    limit = s.left() - reserve
     argv = _python(s, "-m", "bench.gpu_session", "step-grid", "--config", s.config,
-                   "--json", str(s.out / "train_step.json"),
-                   "--budget", f"{grid_budget:.0f}") + (["--dry-run"] if s.dry_run else [])
-    rc, _ = s.command(p.name, argv, timeout=s.left())
+                   "--json", str(s.out / "train_step.json"), "--budget", f"{max(1.0, limit - STEP_ROOM):.0f}")
+    rc, _ = s.command(p.name, argv + (["--dry-run"] if s.dry_run else []), timeout=max(limit, p.least))
     _checked(rc, "the train-step grid")
 
 
@@ -443,9 +443,9 @@ def quick_parts(s: Session) -> list[Part]:
         Part("graph_breaks", 20 if g else 5, part_graph_breaks),
         Part("loss", 35 if g else 5, part_loss),
     ]
-    after = [Part("train", 110 if g else 25, part_train, needs_data=True),
-             Part("profile", 35 if g else 8, part_profile, needs_data=True),
-             Part("decode", 15 if g else 4, part_decode, needs_data=True)]
+    after = [Part("train", 110 if g else 25, part_train),
+             Part("profile", 35 if g else 8, part_profile),
+             Part("decode", 15 if g else 4, part_decode)]
     reserve = sum(p.least for p in after)
     parts.append(Part("train_step", 60 if g else 5, lambda s_, p: part_train_step(s_, p, reserve)))
     if not s.overlap:
@@ -455,8 +455,8 @@ def quick_parts(s: Session) -> list[Part]:
 
 def dali_parts(s: Session) -> list[Part]:
     g = not s.dry_run
-    return [Part("dali_decode", 120 if g else 10, part_dali_decode, needs_data=True),
-            Part("dali_input", 90 if g else 15, part_dali_input, needs_data=True)]
+    return [Part("dali_decode", 120 if g else 10, part_dali_decode),
+            Part("dali_input", 90 if g else 15, part_dali_input)]
 
 
 def dry_run_config(preset: str, out: Path) -> str:
@@ -467,8 +467,33 @@ def dry_run_config(preset: str, out: Path) -> str:
     return str(path)
 
 
+#: Run in a child: this driver never initialises CUDA, so that it holds no context on the GPU it measures.
+ENVIRONMENT = """
+import json, os, platform, sys, torch
+env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+       "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "cpu_cores": os.cpu_count()}
+for mod in ("triton", "torchvision", "webdataset", "nvidia.dali", "pynvml"):
+    try:
+        env[mod] = getattr(__import__(mod, fromlist=["_"]), "__version__", "present")
+    except Exception as err:
+        env[mod] = f"unusable ({type(err).__name__})"
+print(json.dumps(env))
+"""
+
+
+def environment(s: Session) -> dict[str, Any]:
+    done = subprocess.run([s.python, "-c", ENVIRONMENT], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise UserError(f"{s.python} cannot import torch: {done.stderr.strip().splitlines()[-1:]}")
+    env = json.loads(done.stdout.strip().splitlines()[-1])
+    _write_json(s.out / "env.json", env)
+    return env
+
+
 def run_session(s: Session) -> int:
     s.out.mkdir(parents=True, exist_ok=True)
+    env = environment(s)
+    s.say(" | ".join(f"{k} {v}" for k, v in env.items()))
     if s.dry_run:
         s.config = dry_run_config(s.config, s.out)
     parts = quick_parts(s) if s.mode == "quick" else dali_parts(s)

@@ -65,17 +65,4 @@ if [ "$mode" = dali ] && missing nvidia.dali && [[ " $* " != *" --dry-run "* ]];
   "$PY" -c 'import nvidia.dali as d, nvidia.dali.plugin.pytorch; print("DALI", d.__version__, "installed")'
 fi
 
-"$PY" - <<'EOF'
-import platform, torch
-try:
-    import triton; tv = triton.__version__
-except Exception as e:
-    tv = f"none ({type(e).__name__})"
-try:
-    import torchvision; tvv = torchvision.__version__
-except Exception as e:
-    tvv = f"unusable ({type(e).__name__})"
-dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
-print(f"python {platform.python_version()} | torch {torch.__version__} | triton {tv} | torchvision {tvv} | {dev}")
-EOF
 exec "$PY" -m bench.gpu_session "$@"
