@@ -342,12 +342,15 @@ class NvmlSampler:
 
 
 class EpochWatcher:
-    """Wall times at which each epoch's train records appear in metrics.jsonl (polled every 0.2 s):
-    the windows in which the NVML samples belong to that epoch's training steps."""
+    """Wall times at which train.py's records appear in metrics.jsonl (polled every 0.2 s), from which
+    each epoch's window of training steps follows: from the previous epoch's validation record (or,
+    for the first epoch, its first train record, after the compile) to its own last train record.
+    Logs come every few seconds, so a short epoch may have a single train record: hence the val one."""
 
     def __init__(self, path: Path, interval: float = 0.2):
         self.path, self.interval = path, interval
-        self.seen: dict[int, list[float]] = {}  # epoch → [first, last] appearance of its train records
+        self.train: dict[int, list[float]] = {}  # epoch → [first, last] appearance of its train records
+        self.val: dict[int, float] = {}  # epoch → appearance of its validation record
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._lines = 0
@@ -373,11 +376,18 @@ class EpochWatcher:
                 except json.JSONDecodeError:
                     break  # a line being written: read it next time
                 if rec.get("kind") == "train":
-                    self.seen.setdefault(int(rec["epoch"]), [now, now])[1] = now
+                    self.train.setdefault(int(rec["epoch"]), [now, now])[1] = now
+                elif rec.get("kind") == "val":
+                    self.val[int(rec["epoch"])] = now
                 self._lines += 1
 
     def windows(self) -> dict[int, tuple[float, float]]:
-        return {e: (a, b) for e, (a, b) in self.seen.items() if b > a}
+        out = {}
+        for e, (first, last) in self.train.items():
+            start = self.val.get(e - 1, first)
+            if last > start:
+                out[e] = (start, last)
+        return out
 
 
 def train_report(run_dir: Path, windows: dict[int, tuple[float, float]], sampler: NvmlSampler,
@@ -419,7 +429,8 @@ def train_report(run_dir: Path, windows: dict[int, tuple[float, float]], sampler
             "test": summary.get("test"), "batch_size": batch,
             "epochs_note": "images/s and seconds per epoch rebuilt from metrics.jsonl's train records "
                            "(images between records ÷ their images/s); nvml_busy_pct: mean NVML utilization "
-                           "between the epoch's first and last train record"}
+                           "from the previous epoch's validation record (epoch 1: its first train record) to the "
+                           "epoch's last train record"}
 
 
 # ---------------------------------------------------------------------- the session

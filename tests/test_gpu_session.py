@@ -165,20 +165,27 @@ def test_train_report_rebuilds_per_epoch_rates_and_reads_nvml_per_epoch(tmp_path
     assert train_report(run, {}, sampler, cache="none")["epochs"][1]["reads"] == "decode"
 
 
-def test_epoch_watcher_times_each_epochs_train_records(tmp_path):
+def test_epoch_watcher_windows_run_from_the_previous_validation_to_the_last_train_record(tmp_path):
     import time
 
     path = tmp_path / "metrics.jsonl"
+
+    def add(*records):
+        with open(path, "a") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in records)
+        time.sleep(0.1)
+
     with EpochWatcher(path, interval=0.02) as w:
         time.sleep(0.05)
-        path.write_text(json.dumps({"kind": "train", "epoch": 1, "step": 1}) + "\n")
-        time.sleep(0.1)
-        with open(path, "a") as fh:
-            fh.write(json.dumps({"kind": "train", "epoch": 1, "step": 2}) + "\n")
-            fh.write(json.dumps({"kind": "val", "epoch": 1, "step": 2}) + "\n")
-        time.sleep(0.1)
-    (a, b), = w.windows().values()
-    assert list(w.windows()) == [1] and b - a >= 0.05
+        add({"kind": "train", "epoch": 1, "step": 1})
+        add({"kind": "train", "epoch": 1, "step": 2})
+        add({"kind": "val", "epoch": 1, "step": 2})
+        add({"kind": "train", "epoch": 2, "step": 4})  # a short epoch: one train record
+        add({"kind": "val", "epoch": 2, "step": 4})
+    windows = w.windows()
+    assert sorted(windows) == [1, 2]
+    assert windows[1] == (w.train[1][0], w.train[1][1]) and windows[2] == (w.val[1], w.train[2][1])
+    assert all(b - a >= 0.05 for a, b in windows.values())
 
 
 def test_data_set_is_sized_by_drawing_time_and_reused(tmp_path):
