@@ -21,7 +21,8 @@ then sharded) is made in the background from the start, at the lowest CPU priori
 GPU parts run (``--no-overlap``: in the foreground, right before ``train``).
 
 ``dali`` (once DALI is installed): DALI-GPU decode with hw_decoder_load, hybrid_huffman_threshold
-and the thread count swept, then input efficiency with DALI-GPU and the device cache.
+and the thread count swept, then input efficiency with DALI-GPU and the device cache, on a set drawn
+in 30 s first (or the one an earlier command left in --data).
 
 Every part writes OUT/PART.json and OUT/PART.log as soon as it ends, so a command cut short keeps
 what was done; OUT/session.json lists every part's status. A part whose least time exceeds what is
@@ -436,7 +437,9 @@ def train_report(run_dir: Path, windows: dict[int, tuple[float, float]], sampler
 # ---------------------------------------------------------------------- the session
 def start_data_job(s: Session, nice: bool) -> None:
     # the dry run's size is fixed: drawn by time on a loaded 2-core machine it would vary run to run
-    size = ["--images", str(DRY_RUN_IMAGES)] if s.dry_run else ["--seconds", "90"]
+    # dali needs fewer faces (its decode sweep reads 16,384) and has no GPU parts to draw behind
+    size = (["--images", str(DRY_RUN_IMAGES)] if s.dry_run
+            else ["--seconds", "90" if s.mode == "quick" else "30"])
     argv = _python(s, "-m", "bench.gpu_data", "--out", str(s.data), *size, "--json", str(s.out / "data.json"))
     log = open(s.out / "data.log", "a")
     log.write(f"$ {' '.join(argv)}\n")
