@@ -11,7 +11,9 @@ Where things are:
     input_efficiency.py  loader-fed vs resident steps, GPU utilization, epoch time, per cache epoch
     profile.py           torch.profiler over real steps: Chrome trace, top kernels, GPU idle share
     quality.py           ``python -m bench.quality``: what each next step does to blur, backgrounds, faces
-    gpu_session.sh       the GPU measurements of RESULTS.md, in steps that each fit one device call
+    gpu_session.sh       the GPU measurement of RESULTS.md in one bounded command (``quick``, then ``dali``),
+                         driving gpu_session.py; gpu_data.py (a set sized by drawing time), gpu_decode.py
+                         (torchvision's GPU JPEG decode); stage_wheels.sh (wheels for a machine without network)
 
 The top layer: ``bench`` uses ``model``, ``pipeline`` and ``kernels`` (and runs ``train.py`` as a program);
 nothing imports ``bench`` but its own tests (tests/test_layering.py checks it).
