@@ -11,9 +11,12 @@ Where things are:
     input_efficiency.py  loader-fed vs resident steps, GPU utilization, epoch time, per cache epoch
     profile.py           torch.profiler over real steps: Chrome trace, top kernels, GPU idle share
     quality.py           ``python -m bench.quality``: what each next step does to blur, backgrounds, faces
-    gpu_session.sh       the GPU measurement of RESULTS.md in one bounded command (``quick``, then ``dali``),
-                         driving gpu_session.py; gpu_data.py (a set sized by drawing time), gpu_decode.py
-                         (torchvision's GPU JPEG decode); stage_wheels.sh (wheels for a machine without network)
+    gpu_session.sh       the GPU measurement of RESULTS.md in one bounded command (``quick``, then ``dali``):
+                         gpu_session.py its plan and loop, gpu_driver.py the session and a part's subprocess,
+                         gpu_parts.py the parts, gpu_readings.py NVML and per-epoch readings of train.py,
+                         gpu_step_grid.py the train-step grid preset first, gpu_data.py a set sized by drawing
+                         time, gpu_decode.py torchvision's GPU JPEG decode; stage_wheels.sh the wheels for a
+                         machine without network
 
 The top layer: ``bench`` uses ``model``, ``pipeline`` and ``kernels`` (and runs ``train.py`` as a program);
 nothing imports ``bench`` but its own tests (tests/test_layering.py checks it).

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.gpu_session import EpochWatcher, NvmlSampler, preset_first, train_report
+from bench.gpu_step_grid import preset_first
+from bench.gpu_readings import EpochWatcher, NvmlSampler, train_report
 from bench.train_step import Variant
 
 ROOT = Path(__file__).resolve().parents[1]
