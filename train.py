@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -32,8 +33,8 @@ from model.flops import vae_flops_per_image
 from model.losses.objective import Objective
 from model.training.artifacts import plot_interpolation, plot_pairs, plot_samples, plot_training_log
 from model.training.build import build_model
-from model.training.checkpoint import (LastCheckpoint, load_checkpoint, load_model_state, make_checkpoint, save_atomic,
-                                       set_rng_state)
+from model.training.checkpoint import (BestState, CheckpointWriter, LastCheckpoint, load_checkpoint, load_model_state,
+                                       make_checkpoint, save_atomic, set_rng_state)
 from model.training.config import build_parser, model_mismatch, parse_overrides, read_config_file, validate
 from model.training.data import open_loader, prepare_default_data
 from model.training.disk_full import DiskFull, remove_temps, write_text
@@ -53,7 +54,7 @@ from model.training.runtime import (decide_compile, init_distributed, keep_resum
 from model.training.schedules import config_beta_at, lr_at
 from model.training.signals import StopSignals, resume_command
 from model.training.tensorboard_log import TensorBoardLog
-from model.training.train_step import NonFiniteWatch, TrainingDiverged, train_step
+from model.training.train_step import Cadence, TrainingDiverged, TrainStep, make_optimizer
 from model.vae import ConvVAE, VAEConfig, count_parameters
 from pipeline.errors import (ConfigError, Interrupted, cli_entry, disk_full_message, is_disk_full, same_command,
                              signal_name)
@@ -116,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, rank: int, local_rank: int,
          world_size: int, t_start: float, closing: contextlib.ExitStack, *, download: bool = False,
          explicit: set[str] = frozenset()) -> int:
+    if cfg["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
+        torch.use_deterministic_algorithms(True)
     rt = resolve_runtime(cfg, rank, local_rank, world_size, probe=probe_step)  # CPU "auto": a timed probe of the step
+    if rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"] and not cfg["deterministic"]
     # A resumed run computes as its start did (amp, channels_last, compile), unless the command line says otherwise.
     rt, notice = keep_resumed_choices(rt, resume.get("runtime") if resume else None, explicit)
     if notice and rt.is_main:
@@ -126,8 +132,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     impl = resolve_impl(cfg["loss_impl"], rt.device)
     # SSE + β·KL through the fused kernels, plus what config adds (σ-VAE, free bits, perceptual, SSIM);
     # built first, so a missing VGG weights file ends the run before any data work.
-    loss_fn = Objective(cfg, impl=impl, compile_eager=rt.compile, download_weights=download,
-                        autocast=rt.autocast).to(rt.device)
+    loss_fn = Objective(cfg, impl=impl, download_weights=download, autocast=rt.autocast).to(rt.device)
     torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
 
     # ------------------------------------------------------------------ data
@@ -139,7 +144,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     val_loader = open_loader(cfg, rt, shards, "val")
     steps_per_epoch = len(train_loader)  # ≥ 1: make_loader refuses a batch larger than a rank's part
     total_steps = cfg["epochs"] * steps_per_epoch
-    # CPU compile "auto": on when the steps still to run repay the compile time (the loss above stays eager)
+    # CPU compile "auto": on when the steps still to run repay the compile time
     rt = decide_compile(rt, min(total_steps, cfg["stop_at_step"] or total_steps) - (resume["step"] if resume else 0))
 
     # ------------------------------------------------------------------ model
@@ -152,8 +157,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     groups = [{"params": list(raw.parameters())}]
     if loss_fn.trainable():  # the learned σ: no weight decay towards σ = 0
         groups.append({"params": loss_fn.trainable(), "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["adam_betas"]),
-                                  weight_decay=cfg["weight_decay"], foreach=True)
+    optimizer = make_optimizer(groups, cfg, rt.device)  # fused on CUDA, foreach on CPU
     scaler = rt.grad_scaler()
     step, start_epoch, skip_batches, best_val_elbo = 0, 0, 0, None
     log = MetricsLog(run_dir / "metrics.jsonl" if rt.is_main else None)
@@ -173,27 +177,48 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     else:
         log.reset()
         torch.manual_seed(cfg["seed"] + rank)  # each rank its own eps stream
-    beta_t = torch.zeros((), device=rt.device)  # a tensor, so compiled code never recompiles as β anneals
-    watch = NonFiniteWatch(rt.device)
+    # The schedules' value at every step, handed to the device once: the step reads lr and β there.
+    lr_table = [lr_at(s, lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
+                      schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"]) for s in range(total_steps)]
+    beta_table = [config_beta_at(s, cfg, total_steps) for s in range(total_steps)]
+    params = list(raw.parameters()) + loss_fn.trainable()
+    train_step = TrainStep(model, loss_fn, optimizer, scaler, device=rt.device, autocast=rt.autocast,
+                           grad_clip=cfg["grad_clip"], params=params, lr_table=lr_table, beta_table=beta_table,
+                           start_step=step, compile_mode=rt.step_compile_mode, distributed=rt.distributed)
+    train_step.load_log_state(resume.get("log_sums") if resume else None)
+    cadence = Cadence(cfg, step)
     # A stop signal is honoured after the step it lands in; the ranks agree on that step every step on CPU
-    # (a sub-millisecond collective) and at log intervals on CUDA (where the log syncs anyway): see signals.py.
-    stop = StopSignals(distributed=rt.distributed, check_every=1 if rt.device.type == "cpu" else cfg["log_interval"],
+    # (a sub-millisecond collective) and at log points on CUDA (where the log syncs anyway): see signals.py.
+    stop = StopSignals(distributed=rt.distributed, check_every=1 if rt.device.type == "cpu" else 0,
                        device=rt.device, announce=rt.is_main)
+    # Checkpoints: written by a background thread (rank 0); the best state waits on the device for the next write.
+    writer = CheckpointWriter(ckpt_dir, rt.device, save=save_atomic, done=last.written)
+    closing.callback(writer.drain)  # an error path still lets a write in flight finish
+    best = BestState()
 
-    def save(name: str, epoch: int, batch_in_epoch: int) -> None:
-        if rt.is_main:
-            state = make_checkpoint(model=raw, optimizer=optimizer, scaler=scaler, step=step, epoch=epoch,
-                                    batch_in_epoch=batch_in_epoch, best_val_elbo=best_val_elbo, config=cfg,
-                                    runtime=runtime_choices(rt), extra={"objective": loss_fn.state()})
-            save_atomic(state, ckpt_dir / name)
-        if name == "last.pt":
-            last.step = step
+    def checkpoint_state(epoch: int, batch_in_epoch: int) -> dict:
+        return make_checkpoint(model=raw, optimizer=optimizer, scaler=scaler, step=step, epoch=epoch,
+                               batch_in_epoch=batch_in_epoch, best_val_elbo=best_val_elbo, config=cfg,
+                               runtime=runtime_choices(rt),
+                               extra={"objective": loss_fn.state(), "log_sums": train_step.log_state()})
 
-    def check_finite(epoch: int) -> None:
-        bad = watch.check(rt.distributed)
+    def save(epoch: int, batch_in_epoch: int) -> None:
+        """last.pt at this step (with best.pt when a better state was kept since the last write); every rank
+        calls it at the same steps. A diverged state is never written."""
+        bad = train_step.first_bad_step()
         if bad is not None:
-            raise TrainingDiverged(f"loss became NaN/inf at step {bad} (epoch {epoch}); training stopped, "
-                                   f"{last.describe()}. Try a lower lr, a longer kl_warmup_steps or amp off.")
+            raise diverged(bad, epoch)
+        if rt.is_main:
+            files = {"best.pt": best.take(), "last.pt": checkpoint_state(epoch, batch_in_epoch)}
+            writer.write({name: state for name, state in files.items() if state is not None})
+        else:
+            last.step = step
+        cadence.checkpointed()
+
+    def diverged(bad: int, epoch: int) -> TrainingDiverged:
+        writer.drain()
+        return TrainingDiverged(f"loss became NaN/inf at step {bad} (epoch {epoch}); training stopped, "
+                                f"{last.describe()}. Try a lower lr, a longer kl_warmup_steps or amp off.")
 
     if rt.is_main:
         console.print(f"[bold]run:[/] {run_dir}  |  {rt.describe()['device_name']} × {world_size}  |  amp {rt.amp}, "
@@ -209,7 +234,6 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     # ------------------------------------------------------------------ training loop
     train_images, train_seconds, stopped_early = 0, 0.0, False
     images_per_step = cfg["batch_size"] * world_size
-    params = list(raw.parameters()) + loss_fn.trainable()
     epoch = start_epoch - 1  # a resumed, already finished run goes straight to the test
     with stop:  # inside, SIGINT/SIGTERM stop the loop after the current step, with a checkpoint
         for epoch in range(start_epoch, cfg["epochs"]):
@@ -220,49 +244,45 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                 next(batches)
             progress = EpochProgress(console, epoch, cfg["epochs"], steps_per_epoch, completed=first, device=rt.device)
             t_epoch, epoch_images, t_log, images_since_log = time.perf_counter(), 0, time.perf_counter(), 0
+            save_at_epoch_end = False
             with progress:
                 for i, x in enumerate(batches, start=first):
-                    lr = lr_at(step, lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
-                               schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"])
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    beta = config_beta_at(step, cfg, total_steps)
-                    beta_t.fill_(beta)
-                    parts = train_step(model, optimizer, scaler, x, beta_t, loss_fn=loss_fn, autocast=rt.autocast(),
-                                       grad_clip=cfg["grad_clip"], params=params)
-                    watch.observe(parts.loss, step)
+                    train_step(x)  # queued on the device: nothing here waits for it
                     step += 1
                     epoch_images += images_per_step
                     images_since_log += images_per_step
                     last_batch = i + 1 == steps_per_epoch
-                    if step % cfg["log_interval"] == 0 or last_batch:
-                        check_finite(epoch)
-                        logged = torch.stack([parts.loss, parts.rec, parts.kl, *parts.extra.values()]).float()
-                        if rt.distributed:  # the global batch's means, comparable to one process
-                            torch.distributed.all_reduce(logged)
-                            logged /= world_size
-                        loss, rec, kl, *extra = logged.tolist()  # the one sync per log interval
+                    logging = cadence.log_due(step, last_batch)
+                    if logging:  # the one host read of a log point: means over every step since the last one
+                        means, bad, seconds = train_step.read_logs(time.perf_counter() - t_log)
+                        if bad is not None:
+                            raise diverged(bad, epoch)
                         now = time.perf_counter()
                         ips = images_since_log / (now - t_log)
-                        record = {"kind": "train", "step": step, "epoch": epoch + 1, "loss": loss, "rec": rec,
-                                  "kl": kl, "mse_per_pixel": rec / x[0].numel(), "beta": beta, "lr": lr,
-                                  "images_per_s": ips, **dict(zip(parts.extra, extra))}
+                        cadence.logged(step, seconds)
+                        record = {"kind": "train", "step": step, "epoch": epoch + 1, "loss": means["loss"],
+                                  "rec": means["rec"], "kl": means["kl"], "mse_per_pixel": means["rec"] / x[0].numel(),
+                                  "beta": beta_table[min(step, total_steps) - 1], "lr": train_step.lr_at(step - 1),
+                                  "images_per_s": ips,
+                                  **{k: v for k, v in means.items() if k not in ("loss", "rec", "kl")}}
                         if peak:
                             record["mfu"] = ips * flops_per_image / peak
                         log.log(record)
                         tb.scalars(step, {**record, "gpu_util": progress.take_gpu_util()}, "train")
-                        progress.update(loss=loss, rec=rec, kl=kl, ips=ips, mfu=record.get("mfu"))
+                        progress.update(loss=record["loss"], rec=record["rec"], kl=record["kl"], ips=ips,
+                                        mfu=record.get("mfu"))
                         t_log, images_since_log = now, 0
                     progress.advance()
                     # An epoch's last step is saved after validation, below, except on a signal: then last.pt is
                     # written at once and the epoch's end (validation, best.pt) waits for the resumed run, so
                     # a stop never waits for a validation (a scheduler's grace period may be 30 s).
-                    signalled = stop.should_stop(step)
+                    signalled = stop.should_stop(step, force=logging)
                     at_stop_step = bool(cfg["stop_at_step"] and step >= cfg["stop_at_step"])
-                    at_interval = cfg["checkpoint_interval"] and step % cfg["checkpoint_interval"] == 0
-                    if signalled or ((at_stop_step or at_interval) and not last_batch):
-                        check_finite(epoch)
-                        save("last.pt", epoch, i + 1)
+                    due = cadence.checkpoint_due(step, logging)
+                    if signalled or ((at_stop_step or due) and not last_batch):
+                        save(epoch, i + 1)
+                    elif due:
+                        save_at_epoch_end = True
                     if signalled or (at_stop_step and not last_batch):
                         stopped_early = True
                         break
@@ -277,8 +297,8 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                 val = evaluate(raw, stop.until_signal(tb.keep_first(val_loader)), rt, impl=impl,
                                seed=cfg["seed"]).metrics
             except StopSignals.Cut:
-                stop.should_stop(step)
-                save("last.pt", epoch, steps_per_epoch)
+                stop.should_stop(step, force=True)
+                save(epoch, steps_per_epoch)
                 stopped_early = True
                 break
             log.log({"kind": "val", "step": step, "epoch": epoch + 1, **val})
@@ -287,14 +307,19 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
             is_best = best_val_elbo is None or val["elbo"] > best_val_elbo
             if is_best:
                 best_val_elbo = val["elbo"]
-                save("best.pt", epoch + 1, 0)  # before last.pt: a kill between the two redoes this epoch's end
-            save("last.pt", epoch + 1, 0)
+                if rt.is_main:  # a copy on the device, written with the next last.pt
+                    best.keep(checkpoint_state(epoch + 1, 0))
             train_rec = [r for r in log.records if r["kind"] == "train" and r["epoch"] == epoch + 1]
             console.print(epoch_table(epoch + 1, cfg["epochs"], train_rec[-1] if train_rec else None, val,
                                       epoch_images / epoch_seconds, progress.gpu_util, is_best))
-            if stop.should_stop(step, force=True) or (cfg["stop_at_step"] and step >= cfg["stop_at_step"]):
+            signalled = stop.should_stop(step, force=True)
+            at_stop_step = bool(cfg["stop_at_step"] and step >= cfg["stop_at_step"])
+            if save_at_epoch_end or signalled or at_stop_step or epoch + 1 == cfg["epochs"]:
+                save(epoch + 1, 0)
+            if signalled or at_stop_step:
                 stopped_early = epoch + 1 < cfg["epochs"]
                 break
+    writer.wait()  # every checkpoint on disk (its error, a full disk say, raised here) before going on
     # last.pt holds this very step; the test evaluation waits for the resumed run. The second look catches a
     # signal that came after the loop's last one (it set the flag, but nothing read it).
     if stop.agreed or stop.should_stop(step, force=True):
@@ -321,7 +346,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                           total_steps=total_steps)
         summary = {
             "test": test.metrics, "best_val_elbo": best_val_elbo, "steps": step, "epochs_done": round(step / steps_per_epoch, 3),
-            "stopped_early": stopped_early, "parameters": n_params,
+            "stopped_early": stopped_early, "parameters": n_params, "checkpoint_seconds": writer.waited,
             "images_per_s": train_images / train_seconds if train_seconds else None,
             "train_flops_per_image": flops_per_image,
             "wall_time_s": wall, "runtime": rt.describe(), "loss_impl": impl, "loader": train_loader.backend,

@@ -6,6 +6,8 @@ Runs the trainer's own step (``model.training.train_step.train_step``) for every
 reports images/s, ms/step and an MFU-style line (counted FLOPs ÷ measured matmul peak).
 
     python -m bench.train_step [--quick] [--batch-sizes 64 256] [--json OUT]
+    python -m bench.train_step --graph-breaks   # "graph breaks (torch): N" and "graph breaks (triton): N"
+    python -m bench.train_step --ops            # operators dispatched per step: eager, compiled, + fused loss
 """
 from __future__ import annotations
 
@@ -43,11 +45,13 @@ class Harness:
     runtime: Any
 
 
-def build_harness(v: Variant, device: torch.device, *, image_size: int = 64, seed: int = 0) -> Harness:
-    """The trainer's model + AdamW + step for variant ``v`` (the same pieces train.py wires together)."""
+def build_harness(v: Variant, device: torch.device, *, image_size: int = 64, seed: int = 0,
+                  compile_backend: str = "inductor", compile_update: bool | None = None) -> Harness:
+    """The trainer's model + loss + AdamW in its ``TrainStep`` for variant ``v`` (the pieces train.py wires
+    together, with train.py's optimizer choice: fused on CUDA, foreach on CPU)."""
     from model.training.build import build_model
     from model.training.runtime import Runtime
-    from model.training.train_step import make_loss_fn, train_step
+    from model.training.train_step import TrainStep, make_loss_fn, make_optimizer
     from model.vae import VAEConfig
 
     torch.manual_seed(seed)
@@ -59,17 +63,14 @@ def build_harness(v: Variant, device: torch.device, *, image_size: int = 64, see
         # would make this one dynamic-shaped (slower) and charge its compile to the wrong row.
         torch._dynamo.reset()
     raw, model = build_model(VAEConfig(image_size=image_size), rt, v.loss)
-    loss_fn = make_loss_fn(v.loss, compile_eager=v.compile != "eager")
-    opt = torch.optim.AdamW(raw.parameters(), lr=1e-3, foreach=True)
-    scaler = rt.grad_scaler()
     params = list(raw.parameters())
-    beta = torch.ones((), device=device)
-    autocast = rt.autocast()
-
-    def step(x: torch.Tensor):
-        return train_step(model, opt, scaler, x, beta, loss_fn=loss_fn, autocast=autocast, grad_clip=1.0,
-                          params=params)
-
+    cfg = {"lr": 1e-3, "adam_betas": (0.9, 0.999), "weight_decay": 0.0}
+    opt = make_optimizer([{"params": params}], cfg, device)
+    if compile_update and not opt.defaults.get("fused"):  # the CUDA update, traced on a CPU: fused works there
+        opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+    step = TrainStep(model, make_loss_fn(v.loss, False), opt, rt.grad_scaler(), device=device, autocast=rt.autocast,
+                     grad_clip=1.0, params=params, lr_table=[1e-3], beta_table=[1.0],
+                     compile_mode=rt.step_compile_mode, compile_backend=compile_backend, compile_update=compile_update)
     return Harness(step, raw, rt)
 
 
@@ -99,6 +100,7 @@ def time_variant(v: Variant, device: torch.device, *, warmup: int, steps: int, r
         windows.append(time.perf_counter() - t0)
     sec = median(windows)
     loss = float(parts.loss.detach())
+    h.step.read_logs()  # the step's own log sums, read as train.py does at a log point
     return {
         "variant": v.label, "compile": v.compile, "amp": v.amp, "loss": v.loss, "batch_size": v.batch_size,
         "images_per_s": v.batch_size * steps / sec, "ms_per_step": 1e3 * sec / steps,
@@ -130,11 +132,17 @@ def variants(device: torch.device, quick: bool, batch_sizes: list[int] | None) -
         grid += [("reduce-overhead", "bf16", l, b) for l in ("torch", "triton") for b in small]
         grid += [("max-autotune", "bf16", l, b) for l in ("torch", "triton")
                  for b in (batch_sizes if explicit else [b for b in batch_sizes if b == HEADLINE_BATCH])]
+    elif cuda and HEADLINE_BATCH in batch_sizes:  # --quick on CUDA still times the preset's step
+        grid += [("reduce-overhead", "bf16", "triton", HEADLINE_BATCH)]
 
     def priority(g: tuple[str, str, str, int]) -> tuple:
-        # headline batch, then the smaller batches, then the CUDA-graph rows (max-autotune, the slowest
-        # to compile, last), then the larger batches
+        # on CUDA the GPU preset's step (CUDA graphs + bf16 + fused loss at the headline batch) and its
+        # baseline (eager fp32) first; then the headline batch, the smaller batches, the CUDA-graph rows
+        # (max-autotune, the slowest to compile, last), then the larger batches
         mode, amp, loss, batch = g
+        if cuda and batch == HEADLINE_BATCH and g in (("reduce-overhead", "bf16", "triton", batch),
+                                                      ("eager", "off", "torch", batch)):
+            return -1, mode != "reduce-overhead"
         if mode in COMPILE_MODES[2:]:
             return 2, COMPILE_MODES.index(mode), batch_sizes.index(batch), amp != "off", loss
         group = 0 if batch == HEADLINE_BATCH else 1 if batch < HEADLINE_BATCH else 3
@@ -212,6 +220,57 @@ def run(quick: bool = False, json_path: str | None = None, device: str | None = 
     return save_json(json_path, "train_step", results, settings)
 
 
+def count_graph_breaks(loss: str, device: torch.device, batch_size: int = 8) -> int:
+    """Graph breaks Dynamo reports over the whole train step with ``loss`` ("torch" or "triton"): the
+    forward + loss graph and the update's graph, as the GPU preset compiles them (reduce-overhead, bf16,
+    fused AdamW). On CPU the update is compiled too (fused AdamW runs there), Dynamo traces without code
+    generation (backend "eager": graph breaks are Dynamo's decision, whatever backend follows), and the
+    Triton loss runs in the interpreter, where its launchers are opaque custom ops instead of triton_ops."""
+    from torch._dynamo.utils import counters
+
+    cuda = device.type == "cuda"
+    torch._dynamo.reset()
+    counters.clear()
+    v = Variant("reduce-overhead" if cuda else "default", "bf16", loss, batch_size)
+    h = build_harness(v, device, compile_backend="inductor" if cuda else "eager", compile_update=True)
+    x = resident_batch(batch_size, device, h.runtime.channels_last)
+    for _ in range(3):  # the first steps trace; later ones must reuse the graphs
+        h.step(x)
+    h.step.read_logs()
+    sync(device)
+    return sum(counters["graph_break"].values())
+
+
+def ops_per_step(v: Variant, device: torch.device, steps: int = 3) -> float:
+    """Operators dispatched per step (leaf aten ops in the torch profiler's CPU trace, after two warm-up
+    steps): the CPU's proxy for kernel launches, which a compiled step fuses and a CUDA graph replays."""
+    from torch.profiler import ProfilerActivity, profile
+
+    h = build_harness(v, device)
+    x = resident_batch(v.batch_size, device, h.runtime.channels_last)
+    for _ in range(2):
+        h.step(x)
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            h.step(x)
+        sync(device)
+    events = prof.events()
+    leaves = [e for e in events if e.name.startswith("aten::")
+              and not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    return len(leaves) / steps
+
+
+def op_counts(device: torch.device, batch_size: int = 64) -> dict[str, float]:
+    """:func:`ops_per_step` for eager, compiled, and compiled with the fused loss (fp32, the CPU's AMP off)."""
+    cuda = device.type == "cuda"
+    mode = "reduce-overhead" if cuda else "default"
+    rows = {"eager": Variant("eager", "off", "torch", batch_size),
+            "compiled": Variant(mode, "off", "torch", batch_size),
+            "compiled + fused loss": Variant(mode, "off", "triton", batch_size)}
+    return {name: ops_per_step(v, device) for name, v in rows.items()}
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.split("\n\n")[0])
@@ -221,7 +280,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="start no new variant after this many seconds (the rest are listed as skipped)")
+    p.add_argument("--graph-breaks", action="store_true",
+                   help="only count Dynamo's graph breaks over the whole step, per loss implementation")
+    p.add_argument("--ops", action="store_true",
+                   help="only count the operators dispatched per step (eager, compiled, compiled + fused loss)")
     a = p.parse_args(argv)
+    device = resolve_device(a.device)
+    if a.graph_breaks or a.ops:
+        from kernels.impl import interpreting
+
+        if device.type != "cuda" and not interpreting():
+            print("note: the triton rows need TRITON_INTERPRET=1 on a machine without CUDA (set it and rerun)")
+        results: dict[str, Any] = {}
+        if a.graph_breaks:
+            note = "" if device.type == "cuda" else " (CPU: Dynamo's trace without code generation; Triton interpreted)"
+            results["graph_breaks"] = {}
+            for loss in ("torch", "triton"):
+                n = count_graph_breaks(loss, device)
+                results["graph_breaks"][loss] = n
+                print(f"graph breaks ({loss}): {n}", flush=True)
+            print(f"note: whole train step, {device.type}{note}")
+        if a.ops:
+            results["ops_per_step"] = op_counts(device)
+            for name, n in results["ops_per_step"].items():
+                print(f"ops per step ({name}): {n:.0f}", flush=True)
+        save_json(a.json, "train_step_checks", results, {"device": str(device)})
+        return 0
     run(a.quick, a.json, a.device, a.batch_sizes, budget_s=a.budget)
     return 0
 

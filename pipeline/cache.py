@@ -137,7 +137,7 @@ def _size(n: float) -> str:
 def _padded(images: torch.Tensor, keys: list[str], bs: int) -> tuple[torch.Tensor, list[str]]:
     """A short batch filled up to ``bs`` by repeating its last sample (the "pad" policy)."""
     fill = bs - len(keys)
-    return torch.cat([images, images[-1:].expand(fill, *images.shape[1:])]), keys + [keys[-1]] * fill
+    return torch.cat([images, images[-1:].expand(fill, *images.shape[1:])]), list(keys) + [keys[-1]] * fill
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -158,6 +158,7 @@ class CachedLoader(LoaderBase):
         self._source = source
         self._memory = torch.device("cpu") if where == "host" else self.device
         self._images: torch.Tensor | None = None
+        self._slot: np.ndarray | None = None  # part order → storage row (see _source_pass)
         self._keys = [s.key for s in part_samples(epoch_shard_order(self.split, self._seed, 0, self._shuffle),
                                                   self.plan.start, self.plan.end)]
         self._position = {key: i for i, key in enumerate(self._keys)}
@@ -220,7 +221,10 @@ class CachedLoader(LoaderBase):
                  if self._shuffle else np.arange(n))
         if self.plan.policy == "pad" and want * bs > n:
             order = np.concatenate([order, np.full(want * bs - n, order[-1])])
-        index = torch.from_numpy(order).to(self._memory)
+        index = torch.from_numpy(self._slot[order])  # where each sample was stored
+        if self._memory.type == "cuda":  # once per epoch, and still without waiting: pinned, non-blocking
+            index = index.pin_memory()
+        index = index.to(self._memory, non_blocking=True)
         flips = self._flips(epoch)
         images = self._images
         for b in range(want):
@@ -238,25 +242,42 @@ class CachedLoader(LoaderBase):
     # ------------------------------------------------------------------ pieces
 
     def _source_pass(self, epoch: int, keep: bool) -> Iterator[tuple[torch.Tensor, list[str]]]:
-        """The backend's batches of ``epoch`` as (uint8 NHWC, keys), stored on the way when ``keep``."""
+        """The backend's batches of ``epoch`` as (uint8 NHWC, keys), stored on the way when ``keep``.
+
+        Samples are stored in the order they arrive (a slice per batch: no index to build or copy per
+        batch) and their keys are read once, when the pass is complete: ``_slot`` then maps each sample's
+        place in the part's key order (what the cached epochs permute) to where it was stored."""
         self._source.set_epoch(epoch)
         store = self._allocate() if keep else None
+        arrived: list = []  # each batch's keys, as the backend hands them (decoded only at the end)
         stored = 0
         for batch, keys in self._source:
             images = batch.permute(0, 2, 3, 1)  # the channels_last NCHW view of an NHWC buffer
             if store is not None:
+                n = len(keys)
                 try:
-                    rows = torch.tensor([self._position[k] for k in keys], device=self._memory)
+                    if stored + n > store.shape[0]:
+                        raise DataError(f"split {self.split.split!r} gave more samples than its part holds "
+                                        f"({store.shape[0]}); {PRESHARD_HINT}")
                     # non_blocking only towards the GPU: a GPU → host copy must be complete before it is stored
-                    store[rows] = images.to(self._memory, non_blocking=self._memory.type == "cuda")
-                    stored += len(keys)
+                    store[stored:stored + n] = images.to(self._memory, non_blocking=self._memory.type == "cuda")
+                    arrived.append(keys)
+                    stored += n
                 except (RuntimeError, MemoryError) as err:
                     if not _is_oom(err):
                         raise
                     store = self._drop(f"out of memory while filling: {str(err).splitlines()[0]}")
             yield images, keys
         if store is not None and stored == self.plan.part:
-            self._images = store
+            slot = np.full(self.plan.part, -1, dtype=np.int64)
+            for i, key in enumerate(k for keys in arrived for k in keys):
+                position = self._position.get(key)
+                if position is None or slot[position] >= 0:
+                    raise DataError(f"split {self.split.split!r} gave key {key!r} "
+                                    f"{'twice' if position is not None else 'that its index does not list'}; "
+                                    f"{PRESHARD_HINT}")
+                slot[position] = i
+            self._images, self._slot = store, slot
             self._settle_promise()
 
     def _allocate(self) -> torch.Tensor | None:

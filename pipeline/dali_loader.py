@@ -84,7 +84,7 @@ class DaliLoader(LoaderBase):
         self._clean = True
 
     def _batches(self) -> Iterator:
-        from .dali_pipeline import keys_from_source_info
+        from .dali_pipeline import SourceKeys
 
         self._clean = False
         want = self.plan.num_batches
@@ -102,7 +102,8 @@ class DaliLoader(LoaderBase):
                 if self._channels_last:
                     images = images.permute(0, 3, 1, 2)  # NHWC buffer → channels_last NCHW view
                 done += 1
-                yield self._emit(images, keys_from_source_info(batch["keys"]) if self._with_keys else None)
+                # a copy: the iterator may reuse its buffer; decoded only when someone reads the keys
+                yield self._emit(images, SourceKeys(batch["keys"].clone()) if self._with_keys else None)
         except RuntimeError as err:
             failure = self._explain(err, batches_done=done)
         else:

@@ -11,6 +11,7 @@ followed by a crop; ``use_fast_idct`` did not help, and DALI has no DCT-domain d
 """
 from __future__ import annotations
 
+from collections import abc
 from typing import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
@@ -112,6 +113,28 @@ def celeba_pipeline(
 def output_names(with_keys: bool) -> list[str]:
     """The DALIGenericIterator ``output_map`` matching :func:`celeba_pipeline`'s outputs."""
     return ["images", _KEY_OUTPUT] if with_keys else ["images"]
+
+
+class SourceKeys(abc.Sequence):
+    """One batch's keys, decoded from its source-info rows only when read: a loader that fills a cache
+    needs them once, at the end of the pass, not on the per-batch path. Slices stay lazy."""
+
+    def __init__(self, rows):
+        self._rows = rows  # uint8 CPU tensor, one padded source-info row per sample
+        self._keys: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self._rows.shape[0])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return SourceKeys(self._rows[i])
+        return self.keys()[i]
+
+    def keys(self) -> list[str]:
+        if self._keys is None:
+            self._keys = keys_from_source_info(self._rows)
+        return self._keys
 
 
 def keys_from_source_info(rows) -> list[str]:

@@ -144,6 +144,7 @@ def make_loader(
                       plan=dataclasses.replace(plan, policy="partial"), **settings,
                       device=dev if where == "device" or kind == "dali-gpu" else torch.device("cpu"),
                       with_keys=True, flip=False, dtype=torch.uint8, channels_last=True)
+    source.raw_keys = True
     return CachedLoader(source, where, plan=plan, **settings, **output)
 
 

@@ -6,6 +6,8 @@ epoch, batches as float B×3×H×W in [0, 1] on the device) is written here once
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from .epoch import EpochPlan
@@ -35,6 +37,7 @@ class LoaderBase:
     cache: str = "none"  # where decoded images are kept between epochs (see pipeline.cache)
     filled: bool = False  # whether they are all kept by now
     cache_bytes: int = 0  # the memory they take
+    raw_keys: bool = False  # a cache's source: keys handed on as the backend has them (see _emit)
 
     def __init__(self, *, split: SplitShards, plan: EpochPlan, device: torch.device, shuffle: bool, with_keys: bool,
                  flip: bool, crop: int | None, size: int, dtype: torch.dtype, channels_last: bool, prefetch: int,
@@ -73,10 +76,13 @@ class LoaderBase:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _emit(self, images: torch.Tensor, keys: list[str] | None):
-        """A finished batch (NCHW view, uint8 or float) as the contract hands it out."""
+    def _emit(self, images: torch.Tensor, keys: Sequence[str] | None):
+        """A finished batch (NCHW view, uint8 or float) as the contract hands it out: keys as a list, except
+        from a cache's source (``raw_keys``), whose keys stay undecoded until the cache reads them."""
         images = finish_batch(images, self.device, self._dtype, self._channels_last)
-        return (images, keys) if self._with_keys else images
+        if not self._with_keys:
+            return images
+        return images, (keys if self.raw_keys else list(keys))
 
     def _short_epoch(self, done: int) -> DataError:
         """The error for an epoch that ended before the batches the index files promise."""

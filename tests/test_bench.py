@@ -100,6 +100,8 @@ def test_train_step_grid_puts_the_headline_first_and_cuda_graphs_only_on_cuda():
     assert graphs and all(v.amp == "bf16" for v in graphs)
     assert {v.batch_size for v in graphs if v.compile == "max-autotune"} == {256}
     assert grid.index(graphs[0]) < labels.index("eager/fp32/torch-loss/B1024")
+    # the GPU preset's step and its baseline before everything else
+    assert labels[:2] == ["reduce-overhead/bf16/triton-loss/B256", "eager/fp32/torch-loss/B256"]
     for quick in (True, False):
         cpu, cpu_skipped = variants(torch.device("cpu"), quick=quick, batch_sizes=None)
         assert all(v.compile in ("eager", "default") and v.loss == "torch" for v in cpu)

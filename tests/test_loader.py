@@ -84,7 +84,7 @@ def test_matches_pil_reference(shards_dir, backend):
 
 @pytest.fixture(scope="module")
 def photo_shards(tmp_path_factory):
-    """Shards of a CelebA-layout tree (all in val) of 48 crop windows, 178×218, of a real photograph
+    """Shards of a CelebA-layout tree (val; one more in train) of 48 crop windows, 178×218, of a real photograph
     (matplotlib's grace_hopper.jpg, 512×600) re-encoded at JPEG quality 75, 90 and 95: photographs hold
     fine detail (hair, fabric, film grain) that the smooth synthetic faces lack."""
     from matplotlib import cbook
@@ -97,11 +97,11 @@ def photo_shards(tmp_path_factory):
     with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as img:
         photo = img.convert("RGB")
     rng = np.random.default_rng(0)
-    for i in range(1, 49):
+    for i in range(1, 50):  # 48 in val, one in train (preshard refuses shards that train nothing)
         x, y = int(rng.integers(0, photo.width - 177)), int(rng.integers(0, photo.height - 217))
         photo.crop((x, y, x + 178, y + 218)).save(root / "img_align_celeba" / f"{i:06d}.jpg",
                                                   quality=(75, 90, 95)[i % 3])
-    (root / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg 1\n" for i in range(1, 49)))
+    (root / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg {0 if i == 49 else 1}\n" for i in range(1, 50)))
     preshard(root, root / "shards", workers=1, progress=False)
     return root / "shards"
 

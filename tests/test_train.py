@@ -123,7 +123,7 @@ def test_one_train_step_lowers_the_loss_on_a_fixed_batch(shards_dir):
     from kernels import vae_loss
     from model.training.runtime import resolve_runtime
     from model.training.config import read_config_file, validate
-    from model.training.train_step import make_loss_fn, train_step
+    from model.training.train_step import TrainStep, make_loss_fn
     from model.vae import ConvVAE, VAEConfig
     from pipeline import make_loader
 
@@ -143,8 +143,9 @@ def test_one_train_step_lowers_the_loss_on_a_fixed_batch(shards_dir):
             return vae_loss(out.logits, x, out.kl, beta, logits=True, impl="torch").loss.item()
 
     before = loss_now()
-    parts = train_step(model, opt, rt.grad_scaler(), x, beta, loss_fn=make_loss_fn("torch", False),
-                       autocast=rt.autocast(), grad_clip=1.0)
+    step = TrainStep(model, make_loss_fn("torch", False), opt, rt.grad_scaler(), device=rt.device, autocast=rt.autocast,
+                     grad_clip=1.0, params=list(model.parameters()), lr_table=[1e-3], beta_table=[1.0])
+    parts = step(x)
     after = loss_now()
     assert parts.loss.ndim == 0 and torch.isfinite(parts.loss)
     assert after < before * 0.99, (before, after)
@@ -234,7 +235,7 @@ def test_compiled_step_matches_eager(monkeypatch):
     """torch.compile of the model and of the eager loss: same first-step loss and update as eager."""
     import contextlib
 
-    from model.training.train_step import make_loss_fn, train_step
+    from model.training.train_step import TrainStep, make_loss_fn
     from model.vae import ConvVAE, VAEConfig
 
     import torch._inductor.config as inductor_config
@@ -248,16 +249,15 @@ def test_compiled_step_matches_eager(monkeypatch):
         torch.manual_seed(0)
         model = ConvVAE(cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        step_model = torch.compile(model) if compiled else model
         scaler = torch.amp.GradScaler("cpu", enabled=False)
-        beta = torch.zeros(())
+        # a changing β (and lr) must not need a recompile: both come from the step's device tables
+        step_fn = TrainStep(model, make_loss_fn("torch", False), opt, scaler, device=torch.device("cpu"),
+                            autocast=contextlib.nullcontext, grad_clip=1.0, params=list(model.parameters()),
+                            lr_table=[1e-3, 5e-4], beta_table=[0.0, 0.5], compile_mode="default" if compiled else None)
         losses = []
         for step in range(2):
-            beta.fill_(0.5 * step)  # a changing β must not need a recompile
             torch.manual_seed(step)
-            parts = train_step(step_model, opt, scaler, x, beta, loss_fn=make_loss_fn("torch", compiled),
-                               autocast=contextlib.nullcontext(), grad_clip=1.0)
-            losses.append(parts.loss.item())
+            losses.append(step_fn(x).loss.item())
         results.append((losses, torch.cat([p.detach().flatten() for p in model.parameters()])))
     (eager_losses, eager_params), (comp_losses, comp_params) = results
     assert comp_losses == pytest.approx(eager_losses, rel=1e-4)
@@ -267,13 +267,20 @@ def test_compiled_step_matches_eager(monkeypatch):
 @pytest.mark.parametrize("mode,expected", [("default", None), ("reduce-overhead", "reduce-overhead"),
                                            ("max-autotune", "max-autotune")])
 def test_compile_mode_reaches_torch_compile(monkeypatch, mode, expected):
-    """config's compile_mode is the mode train.py (and the bench harness) compile the model with."""
+    """config's compile_mode is the mode train.py's step (and the bench harness) compile with."""
+    import contextlib
+
     from model.training.config import read_config_file, validate
     from model.training.runtime import resolve_runtime
+    from model.training.train_step import TrainStep, make_loss_fn
 
     seen = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: seen.append(mode) or fn)
     rt = resolve_runtime(validate({**read_config_file(), "compile": "true", "compile_mode": mode}), device="cpu")
     assert rt.compile and rt.compile_mode == mode
     net = torch.nn.Linear(2, 2)
-    assert rt.compiled(net) is net and seen == [expected]
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
+    TrainStep(net, make_loss_fn("torch", False), opt, rt.grad_scaler(), device=rt.device,
+              autocast=contextlib.nullcontext, grad_clip=1.0, params=list(net.parameters()), lr_table=[1e-3],
+              beta_table=[1.0], compile_mode=rt.step_compile_mode, compile_update=True)
+    assert seen == [expected, expected]  # the forward + loss, and the update

@@ -145,9 +145,12 @@ def test_a_signal_after_the_loops_last_look_still_stops_before_the_test(shards_d
     from model.training.signals import StopSignals
 
     class LateSignal(StopSignals):
+        fired = False
+
         def should_stop(self, step: int, *, force: bool = False) -> bool:
             answer = super().should_stop(step, force=force)
-            if step == 2 and not force:
+            if step == 2 and not self.fired:  # the loop's look after step 2, its last
+                self.fired = True
                 os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns: the answer is already False
             return answer
 

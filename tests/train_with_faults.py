@@ -37,27 +37,28 @@ def _mark(text: str) -> None:
 
 
 def _wrap_step() -> None:
-    real = train.train_step
+    real_class = train.TrainStep
     every = float(os.environ.get("FAULT_STEP_SECONDS", "0"))
     slow, fail = _pair("FAULT_SLOW_STEP"), _pair("FAULT_RAISE")
     rank = int(os.environ.get("RANK", "0"))
     calls = 0
 
-    def step(*args, **kwargs):
-        nonlocal calls
-        calls += 1
-        if fail and rank == fail[0] and calls == int(fail[1]):
-            raise RuntimeError(f"injected failure on rank {rank} at step {calls}")
-        if slow and calls == slow[0]:
-            if rank == 0:
-                _mark(f"step {calls}")
-            time.sleep(slow[1])
-        out = real(*args, **kwargs)
-        if every:
-            time.sleep(every)
-        return out
+    class FaultyStep(real_class):
+        def __call__(self, x):
+            nonlocal calls
+            calls += 1
+            if fail and rank == fail[0] and calls == int(fail[1]):
+                raise RuntimeError(f"injected failure on rank {rank} at step {calls}")
+            if slow and calls == slow[0]:
+                if rank == 0:
+                    _mark(f"step {calls}")
+                time.sleep(slow[1])
+            out = super().__call__(x)
+            if every:
+                time.sleep(every)
+            return out
 
-    train.train_step = step
+    train.TrainStep = FaultyStep
 
 
 def _wrap_save() -> None:

@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from ..checks import acc_dtype, inner_contiguous
 from ..errors import KernelInputError
@@ -118,7 +119,7 @@ def _fwd_impl(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor
     z = torch.empty((B, D), dtype=torch.promote_types(mu.dtype, logvar.dtype), device=mu.device)
     kl = torch.empty((B,), dtype=acc, device=mu.device)
     block_b, block_d, warps = _tiles(B, D)
-    _reparam_kl_fwd_kernel[(triton.cdiv(B, block_b),)](
+    wrap_triton(_reparam_kl_fwd_kernel)[(triton.cdiv(B, block_b),)](
         mu, logvar, mu if eps is None else eps, mu if seed is None else seed, z, kl,
         B, D, mu.stride(0), logvar.stride(0), 0 if eps is None else eps.stride(0),
         HAS_EPS=eps is not None, ACC=acc_tl(acc), BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps)
@@ -139,7 +140,7 @@ def _bwd_impl(dz: Optional[torch.Tensor], dkl: Optional[torch.Tensor], mu: torch
     dmu = torch.empty((B, D), dtype=mu.dtype, device=mu.device)
     dlv = torch.empty((B, D), dtype=logvar.dtype, device=mu.device)
     block_b, block_d, warps = _tiles(B, D)
-    _reparam_kl_bwd_kernel[(triton.cdiv(B, block_b),)](
+    wrap_triton(_reparam_kl_bwd_kernel)[(triton.cdiv(B, block_b),)](
         mu if dz is None else dz, mu if dkl is None else dkl, mu, logvar,
         mu if eps is None else eps, mu if seed is None else seed, dmu, dlv,
         B, D, 0 if dz is None else dz.stride(0), 0 if dkl is None else dkl.stride(0),

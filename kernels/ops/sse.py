@@ -30,6 +30,7 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from ..checks import acc_dtype, rows_view
 from ..errors import KernelInputError
@@ -100,7 +101,7 @@ def launch_sse(a: torch.Tensor, b: torch.Tensor, *, sigmoid: bool, compute_loss:
                                f"(at most {_MAX_GRID_Y * block_n})")
     acc = acc_dtype(a, b)
     partials = torch.empty((B, n_chunks), dtype=acc, device=a.device) if compute_loss else None
-    _sse_kernel[(triton.cdiv(B, block_r), n_chunks)](
+    wrap_triton(_sse_kernel)[(triton.cdiv(B, block_r), n_chunks)](
         a, b, a if partials is None else partials, a if grad is None else grad, a if scale is None else scale,
         B, N, n_chunks, a.stride(0), b.stride(0), 0 if grad is None else grad.stride(0),
         0 if scale is None or scale.dim() == 0 else scale.stride(0), grad_alpha,

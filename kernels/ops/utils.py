@@ -1,11 +1,17 @@
 """What the op files share: the Triton accumulator dtype and the launcher wrapper for torch.compile.
 
-Each launcher is registered as a ``torch.library.custom_op`` (namespace ``celeba_vae``) so that
-Dynamo records one opaque node per launch -- no graph break, no attempt to trace into Triton
-(which it cannot do for interpreter-mode kernels on CPU) -- and AOTAutograd gets shapes from the
-registered fake implementation. In eager mode the launcher is called directly: the dispatcher
-round trip of a custom op costs ~5-10 µs per call, a large share of a loss step that moves only
-a few MB at B=256.
+Each launcher is registered as a ``torch.library.triton_op`` (namespace ``celeba_vae``): Dynamo
+records one node per launch (no graph break), and AOTAutograd then decomposes that node into the
+Triton kernel calls themselves, so Inductor sees the kernels, schedules them among its own, and a
+CUDA graph of the compiled step captures them like any other kernel. Every launch site reads
+``wrap_triton(kernel)[grid](...)``: that is what lets the decomposition trace the launch, and what
+torch reads (in the source) to find an op's kernels for its compile cache.
+
+Under ``TRITON_INTERPRET=1`` (CPU tests) ``@triton.jit`` builds interpreter objects, which cannot be
+traced with fake tensors: there the launcher is an opaque ``torch.library.custom_op`` with a
+hand-written fake implementation instead, the same node to Dynamo, executed eagerly by the
+backend. In eager mode the launcher calls its implementation directly: the dispatcher round trip of
+a custom op costs microseconds per call, a large share of a loss step that moves only a few MB.
 """
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from typing import Any, Callable
 
 import torch
 import triton.language as tl
+
+from ..impl import interpreting
 
 NAMESPACE = "celeba_vae"
 
@@ -22,16 +30,27 @@ def acc_tl(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _direct() -> Any:
+    """Within it, ``wrap_triton`` hands back the plain kernel: an eager call skips the tracing machinery."""
+    from torch._library.triton import set_wrap_triton_enabled
+
+    return set_wrap_triton_enabled(False)
+
+
 class Launcher:
-    """A Triton launcher callable both ways: directly in eager mode, as a custom op under compile."""
+    """A Triton launcher callable both ways: directly in eager mode, as a registered op under compile."""
 
     def __init__(self, name: str, impl: Callable[..., Any], fake: Callable[..., Any]):
         self.impl = impl
-        op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=())
-        op.register_fake(fake)
-        self.op = op
+        self.traceable = not interpreting()
+        if self.traceable:
+            self.op = torch.library.triton_op(f"{NAMESPACE}::{name}", impl, mutates_args=())
+        else:
+            self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=())
+            self.op.register_fake(fake)
 
     def __call__(self, *args: Any) -> Any:
         if torch.compiler.is_compiling():
             return self.op(*args)
-        return self.impl(*args)
+        with _direct():
+            return self.impl(*args)

@@ -13,6 +13,7 @@ from typing import Optional, Tuple, Union
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from ..checks import acc_dtype, rows_view
 from ..errors import KernelConfigError
@@ -57,7 +58,7 @@ def _fwd_impl(out: torch.Tensor, x: torch.Tensor, kl: torch.Tensor, beta_t: Opti
     partials = launch_sse(a, b, sigmoid=sigmoid, compute_loss=True, grad=grad, grad_alpha=2.0 / B)
     loss, rec, klm = (torch.empty((), dtype=acc, device=a.device) for _ in range(3))
     block = min(triton.next_power_of_2(max(partials.numel(), B)), 4096 if interpreting() else 1024)
-    _finalize_kernel[(1,)](
+    wrap_triton(_finalize_kernel)[(1,)](
         partials, partials.numel(), kl, kl.stride(0), B, kl if beta_t is None else beta_t, float(beta_f), 1.0 / B,
         loss, rec, klm, BETA_IS_PTR=beta_t is not None, ACC=acc_tl(acc),
         BLOCK=block, num_warps=4)

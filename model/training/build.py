@@ -1,5 +1,5 @@
 """The network as a run uses it: built from config, placed on the device in the run's memory format,
-wrapped in DDP and torch.compile as the runtime says. train.py and the train-step benchmark both
+wrapped in DDP as the runtime says. train.py and the train-step benchmark both
 build it here, so what the benchmark measures is what training runs.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ from model.vae import ConvVAE, VAEConfig
 
 def build_model(vae_cfg: VAEConfig, rt: Runtime, loss_impl: str) -> tuple[ConvVAE, nn.Module]:
     """(raw, model): ``raw`` is the ConvVAE itself (checkpoints, evaluation, pictures); ``model`` is
-    what the training step calls (``raw``, under DDP when distributed, compiled when asked)."""
+    what the training step calls (``raw``, under DDP when distributed). The step compiles it together
+    with the loss (:class:`model.training.train_step.TrainStep`)."""
     raw = ConvVAE(vae_cfg, loss_impl=loss_impl)
     if rt.sync_batchnorm:
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
@@ -23,6 +24,4 @@ def build_model(vae_cfg: VAEConfig, rt: Runtime, loss_impl: str) -> tuple[ConvVA
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(raw, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-    if rt.compile:
-        model = rt.compiled(model)
     return raw, model

@@ -101,11 +101,16 @@ SCHEMA: dict[str, Key] = {
     "amp": Key("str", "auto | bf16 | fp16 | off (fp16 uses a GradScaler; CUDA only)",
                choices=("auto", "bf16", "fp16", "off")),
     "channels_last": Key("auto_bool", "NHWC memory format: auto | true | false"),
-    "compile": Key("auto_bool", "torch.compile the model (and the eager loss): auto | true | false"),
-    "compile_mode": Key("str", "torch.compile mode for the model: default | reduce-overhead (CUDA graphs) | "
-                               "max-autotune | max-autotune-no-cudagraphs",
-                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
+    "compile": Key("auto_bool", "torch.compile the step (network and loss): auto (on CUDA; on CPU when the run is "
+                                "long enough to repay it) | true | false"),
+    "compile_mode": Key("str", "torch.compile mode of the step: auto (reduce-overhead on CUDA, default on CPU) | "
+                               "default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs",
+                        choices=("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
     "sync_batchnorm": Key("bool", "SyncBatchNorm under DDP (CUDA only; per-rank BatchNorm otherwise)"),
+    "deterministic": Key("bool", "deterministic algorithms only (torch.use_deterministic_algorithms; on CUDA also "
+                                 "CUBLAS_WORKSPACE_CONFIG=:4096:8 and no cudnn_benchmark): bit-exact resumes, slower"),
+    "cudnn_benchmark": Key("bool", "CUDA: let cuDNN time its convolution algorithms on the first step and keep the "
+                                   "fastest (the batch shape is fixed); off gives deterministic algorithms a chance"),
     # loader
     "backend": Key("str", "loader backend: auto | dali | dali-gpu | dali-cpu | webdataset", choices=BACKENDS),
     "num_threads": Key("int", "loader threads (null = loader's default)", _pos, "> 0", nullable=True),
@@ -120,8 +125,14 @@ SCHEMA: dict[str, Key] = {
                        "image, resized without keeping its aspect ratio)", _pos, "> 0", nullable=True),
     "flip": Key("bool", "random horizontal flips for training"),
     # logging + checkpoints
-    "log_interval": Key("int", "steps between metric logs (each one syncs the device)", _pos, "> 0"),
-    "checkpoint_interval": Key("int", "steps between checkpoints (0 = only at epoch ends)", _nonneg, ">= 0"),
+    "log_every_s": Key("float", "seconds between metric logs (each one reads the device once; the logged values "
+                                "are means over every step since the last log)", _pos, "> 0"),
+    "log_interval": Key("int", "steps between metric logs instead of log_every_s (null = by time)", _pos, "> 0",
+                        nullable=True),
+    "checkpoint_every_s": Key("float", "seconds between checkpoints, written in the background (0 = only at the "
+                                       "end and on a stop)", _nonneg, ">= 0"),
+    "checkpoint_interval": Key("int", "steps between checkpoints, besides checkpoint_every_s (0 = none by steps)",
+                               _nonneg, ">= 0"),
     "stop_at_step": Key("int", "end the run early at this global step (schedule still spans all epochs)",
                         _pos, "> 0", nullable=True),
     "tensorboard": Key("bool", "also write TensorBoard events to RUN/tensorboard/ (needs the tensorboard package)"),
@@ -252,7 +263,7 @@ def read_config_file(path: str | Path | None = None) -> dict[str, Any]:
     """The raw config dict: the project's config.json, with the keys of ``path`` layered over it.
 
     ``path`` may hold any subset of the keys (e.g. ``configs/celeba128.json`` holds only what differs
-    from the defaults); the keys it lacks keep config.json's values. A key the schema does not know is
+    from the defaults); the keys it lacks keep config.json's values; keys starting with "#" are comments. A key the schema does not know is
     refused here, naming the file and the closest key. No ``path`` (or config.json itself): the defaults.
     """
 
@@ -297,6 +308,8 @@ def read_config_file(path: str | Path | None = None) -> dict[str, Any]:
     if not path or Path(path).resolve() == DEFAULT_CONFIG:
         return defaults
     layer = read(Path(path))
+    # Keys starting with "#" are comments: JSON has none, and a preset says why it holds its values.
+    layer = {k: v for k, v in layer.items() if not k.startswith("#")}
     for key in layer:
         if key not in SCHEMA:
             raise ConfigError(f"config file {path}: {_unknown(key)}")

@@ -93,7 +93,7 @@ def evaluate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=rt.device).manual_seed(seed + 7919 * rt.rank)
-    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # SSE, KL, count
+    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # SSE, KL, count (added on the device)
     worst = WorstK(worst_k)
     pixels = None
     try:
@@ -105,8 +105,8 @@ def evaluate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str
             with rt.autocast():
                 logits, _, _, kl = model(x, eps)
             sse = sigmoid_sse(logits, x, impl=impl)
-            sums += torch.stack([sse.sum().double(), kl.sum().double(),
-                                 torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)])
+            sums[:2] += torch.stack([sse.sum(), kl.sum()]).double()
+            sums[2] += x.shape[0]  # a Python number: a kernel argument, not a copy from the host
             if worst_k:
                 worst.push(sse, sse, keys, x, torch.sigmoid(logits.float()))
     finally:

@@ -11,7 +11,7 @@ arithmetic (oneDNN emulates it: on the project's AVX2 machine a bf16 step is 7�
 batch 64), so bf16 is not timed there at all; elsewhere a pilot (a convolution and a transposed
 convolution, forward and backward, at batch 4: ~0.3 s) drops it when bf16 is BF16_PILOT_MAX× slower
 than fp32, and a bf16 candidate whose first step is BF16_FIRST_MAX× slower than fp32's is dropped then.
-Each candidate is the run's own model, objective, AdamW and ``train_step`` on random images of the
+Each candidate is the run's own model, objective, AdamW and ``TrainStep`` on random images of the
 run's batch and image size: one warm-up step, then up to three timed rounds that alternate between
 the candidates (so a neighbour's load hits all of them alike), the fastest per candidate, stopping early
 when the next round would pass BUDGET_S. Settings fixed in the config are held in every candidate.
@@ -54,13 +54,13 @@ BF16_FIRST_MAX = 3.0  # bf16's first step / fp32's first step above this: droppe
 # torch.compile on CPU, measured on the project's 2-core "AMD EPYC" (AVX2, no AVX-512), torch 2.13.0+cpu,
 # default config at batch 64. Speed-up over the best eager setting: the issue's eager channels_last 155
 # vs compiled 160 images/s (re-measured here 1.0–1.2 depending on the neighbours' load).
-# Cost: first two compiled steps minus two compiled ones, with an empty inductor cache, network only
-# (what compile "auto" compiles: the loss is built before the run length is known and stays eager):
-# 34 s (`TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) VAE_PROBE_COMPILE=1 python train.py ...`) to 47 s with a
-# neighbour's job running; 49 s with the loss compiled too. With the inductor cache warm (the same
-# shapes compiled before on this machine) it is ~3 s; the constant keeps the cold figure.
+# Cost: first two compiled steps minus two compiled ones, with an empty inductor cache
+# (`TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) VAE_PROBE_COMPILE=1 python train.py ...`): 34 s for the network
+# alone, 49 s with the loss compiled too, which is what the step compiles (one graph, network and loss).
+# With the inductor cache warm (the same shapes compiled before on this machine) it is ~3 s; the
+# constant keeps the cold figure.
 COMPILE_SPEEDUP = 160 / 155
-COMPILE_COST_S = 40.0
+COMPILE_COST_S = 49.0
 COMPILE_MARGIN = 1.5  # compile only when the saving exceeds its cost by this factor (constants are rough)
 
 
@@ -178,7 +178,7 @@ def run_probe(timer: Timer, amp: str, channels_last: str | bool, batch_size: int
 
 # ---------------------------------------------------------------------------------------------- timer
 class StepTimer:
-    """The real thing: the run's model, objective, optimizer and ``train_step`` per candidate, on CPU."""
+    """The real thing: the run's model, objective, optimizer and ``TrainStep`` per candidate, on CPU."""
 
     def __init__(self, cfg: dict[str, Any], impl: str):
         self.cfg, self.impl = cfg, impl
@@ -188,27 +188,24 @@ class StepTimer:
     def _harness(self, c: Candidate, compile_: bool = False) -> Callable[[], Any]:
         from model.losses.objective import Objective
         from model.training.build import build_model
-        from model.training.train_step import train_step
+        from model.training.train_step import TrainStep, make_optimizer
         from model.vae import VAEConfig
 
         cfg = self.cfg
-        rt = Runtime(torch.device("cpu"), 0, 0, 1, c.amp, c.channels_last, compile_, False, cfg["compile_mode"])
+        mode = "default" if cfg["compile_mode"] == "auto" else cfg["compile_mode"]
+        rt = Runtime(torch.device("cpu"), 0, 0, 1, c.amp, c.channels_last, compile_, False, mode)
         raw, model = build_model(VAEConfig.from_dict(cfg), rt, self.impl)
-        # Perceptual terms time an untrained VGG of the same shape (the run checks its weights file itself);
-        # the loss stays eager under compile, as in a run whose compile "auto" is decided after it is built.
+        # Perceptual terms time an untrained VGG of the same shape (the run checks its weights file itself).
         loss_fn = Objective(cfg, impl=self.impl, random_perceptual=True, autocast=rt.autocast)
         params = list(raw.parameters()) + loss_fn.trainable()
-        optimizer = torch.optim.AdamW(params, lr=cfg["lr"], foreach=True)
-        scaler, beta = rt.grad_scaler(), torch.ones(())
+        optimizer = make_optimizer([{"params": params}], cfg, rt.device)
+        step = TrainStep(model, loss_fn, optimizer, rt.grad_scaler(), device=rt.device, autocast=rt.autocast,
+                         grad_clip=cfg["grad_clip"], params=params, lr_table=[cfg["lr"]], beta_table=[1.0],
+                         compile_mode=rt.step_compile_mode)
         side = cfg["image_size"]
         x = torch.rand(cfg["batch_size"], 3, side, side)
         x = x.contiguous(memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
-
-        def step() -> Any:
-            return train_step(model, optimizer, scaler, x, beta, loss_fn=loss_fn, autocast=rt.autocast(),
-                              grad_clip=cfg["grad_clip"], params=params)
-
-        return step
+        return lambda: step(x)
 
     def step(self, c: Candidate) -> float:
         if c not in self._steps:

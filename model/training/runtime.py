@@ -2,7 +2,7 @@
 
 Every "auto" in config.json is resolved here, once, into a :class:`Runtime` that train.py prints
 and saves; nothing else in the code looks at the hardware. On CUDA "auto" means bf16 (fp16 where
-bf16 is missing), channels_last and compile. On CPU, given a ``probe`` (train.py passes
+bf16 is missing), channels_last and compile with CUDA graphs ("reduce-overhead"). On CPU, given a ``probe`` (train.py passes
 :func:`model.training.probe.probe_step`), amp and channels_last are what a short timing of the real
 step found fastest, and compile is decided by :func:`decide_compile` once the run's length is known;
 without one (or with ``VAE_NO_PROBE=1``) by the CPU-flag rule below. ``Runtime.note`` says which.
@@ -58,11 +58,12 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``torch.compile(model)`` in this run's mode. "reduce-overhead" replays the step as CUDA
-        graphs: at small batches this model is launch-bound, and graphs remove the per-kernel launch
-        cost (bench.train_step measures every mode)."""
-        return torch.compile(model, mode=None if self.compile_mode == "default" else self.compile_mode)
+    @property
+    def step_compile_mode(self) -> str | None:
+        """The torch.compile mode of the training step (:class:`model.training.train_step.TrainStep`), or
+        None when compile is off. "reduce-overhead" replays the step as CUDA graphs: at this model's size
+        the step is launch-bound otherwise (bench.train_step measures every mode)."""
+        return self.compile_mode if self.compile else None
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A GradScaler that is only enabled for fp16 (bf16 has fp32's range and needs none)."""
@@ -175,6 +176,11 @@ def resolve_runtime(cfg: dict[str, Any], rank: int = 0, local_rank: int = 0, wor
         # On CPU: off unless decide_compile finds the run long enough to pay back the compile time.
         compile_ = cuda
 
+    compile_mode = cfg["compile_mode"]
+    if compile_mode == "auto":
+        # CUDA graphs: at this model's size a step is bound by kernel launches unless it is replayed as graphs.
+        compile_mode = "reduce-overhead" if cuda else "default"
+
     sync_bn = bool(cfg["sync_batchnorm"])
     if sync_bn and world_size > 1 and not cuda:
         raise ConfigError("sync_batchnorm needs CUDA (torch's SyncBatchNorm has no CPU kernel); set it to false")
@@ -196,7 +202,7 @@ def resolve_runtime(cfg: dict[str, Any], rank: int = 0, local_rank: int = 0, wor
     else:
         note = ""
     return Runtime(device, rank, local_rank, world_size, amp, bool(channels_last), bool(compile_),
-                   sync_bn and world_size > 1, cfg["compile_mode"], chosen_by, note, result)
+                   sync_bn and world_size > 1, compile_mode, chosen_by, note, result)
 
 
 def decide_compile(rt: Runtime, planned_steps: int) -> Runtime:

@@ -16,8 +16,8 @@ trade of latency against cost: on CPU (gloo) the collective costs under a millis
 measured between two ranks on a 2-core AMD EPYC) against a step of ~0.29 s there (the default
 model at batch 64 on both cores; more per rank), so it runs every step; on CUDA reading its
 result syncs the device, which would stall the kernel queue every step, so it runs at the log
-interval, where train.py syncs anyway, and a stop waits at most ``log_interval`` steps (a
-fraction of a second there), far inside any scheduler's grace period (torchrun's is 30 s).
+points, where train.py syncs anyway, and a stop waits at most one log interval (``log_every_s``,
+2 s by default), far inside any scheduler's grace period (torchrun's is 30 s).
 
 A stop never waits for a validation: one landing in an epoch's last step writes ``last.pt`` at that
 step (epoch not finished) and leaves the epoch's end to the resumed run; one landing during the
@@ -55,7 +55,8 @@ class StopSignals:
     """Context manager around the training loop: a signal sets a flag; :meth:`should_stop` reads it."""
 
     def __init__(self, *, distributed: bool, check_every: int, device: torch.device, announce: bool = True):
-        self.distributed, self.check_every, self.device = distributed, max(1, check_every), device
+        # check_every 0: the ranks compare flags only where the caller forces it (train.py's log points)
+        self.distributed, self.check_every, self.device = distributed, max(0, check_every), device
         self.announce = announce
         self.received: int | None = None  # the first stop signal this process got
         self.agreed: int | None = None  # the signal every rank stops for (single process: ``received``)
@@ -103,7 +104,7 @@ class StopSignals:
         if not self.distributed:
             self.agreed = self.received
             return self.agreed is not None
-        if not force and step % self.check_every:
+        if not force and (not self.check_every or step % self.check_every):
             return False
         import torch.distributed as dist
 

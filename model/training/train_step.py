@@ -1,13 +1,34 @@
-"""One optimisation step (the learning-rate and KL schedules live in :mod:`model.training.schedules`).
+"""The optimisation step, built for the GPU: nothing in it waits for the device.
 
-Kept apart from train.py so that tests and the DDP check run the very step the trainer runs.
-Nothing here synchronises the device: the loss stays a tensor until the caller logs it, and a
-non-finite loss is remembered on the device (:class:`NonFiniteWatch`) and checked only at log
-intervals and before every checkpoint.
+    step = TrainStep(model, loss_fn, optimizer, scaler, rt=rt, ...)
+    step(x)                  # forward + loss, backward, clip, AdamW, NaN watch, log sums: all queued
+    step.read_logs()         # at a log point only: exact means since the last read (one host read)
+
+Kept apart from train.py so that the probe, the benchmarks, the DDP check and the tests run the very
+step the trainer runs.
+
+What stays on the device between log points: the step counter, the learning rate and β (read from
+schedule tables indexed by that counter, so neither a schedule nor a changing value recompiles
+anything or copies from the host), the first step whose loss was NaN/inf, and the sums of every
+logged value. On CUDA with compile on, the step is three CUDA graphs under ``reduce-overhead``:
+
+1. forward + loss (the fused Triton kernels are ``triton_op``s, so Inductor sees them in the graph);
+2. its backward (AOTAutograd's; the autograd engine launches it, outside Dynamo, hence a graph of
+   its own);
+3. the update's preparation: gradient clipping, the NaN watch, the log sums, this step's lr and the
+   next step's β.
+
+Outside any graph, per step: ``zero_grad(set_to_none=True)`` (Python only: the backward graph
+writes fresh gradients), the call of ``backward()`` and the fused AdamW step, which torch itself
+keeps out of Dynamo (``torch.compiler.disable``: "don't trace into fused optimizer"); it is one
+multi-tensor kernel launch per few dozen parameter tensors, reading lr from the device. With fp16 (GPUs without bf16) the update runs
+eagerly: GradScaler keeps Python-side state per step that a graph would freeze. On CPU the update is
+eager too (no launch cost to remove) and AdamW keeps ``foreach`` with a host learning rate (the
+foreach kernels take a tensor lr only with ``capturable``, which CPUs lack).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,41 +57,249 @@ def make_loss_fn(impl: str, compile_eager: bool, *, unpacked: bool = False) -> C
     return lambda out, x, beta: fn(out.logits, x, out.kl, beta)
 
 
-class NonFiniteWatch:
-    """Remembers, on the device, the first step whose loss was NaN/inf: no sync per step."""
+def optimizer_options(device: torch.device) -> dict[str, Any]:
+    """AdamW's implementation for ``device``: one fused kernel for every parameter on CUDA (its step
+    counters stay on the device, and it takes the learning rate as a device tensor); foreach on CPU."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
-    def __init__(self, device: torch.device):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
 
-    def observe(self, loss: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss.detach())
-        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step), self.first_bad)
+def update_in_graph(device: torch.device, *, fused: bool, scaling: bool) -> bool:
+    """Whether the update's preparation (clip, NaN watch, log sums, lr and β) is compiled, and so captured
+    as a CUDA graph under reduce-overhead: on CUDA with the fused AdamW (lr on the device) and no
+    GradScaler (fp16's scaler keeps per-step Python state that a graph would freeze)."""
+    return device.type == "cuda" and fused and not scaling
 
-    def check(self, distributed: bool = False) -> int | None:
-        """The first bad step so far on any rank, or None (this syncs: call it only at log/checkpoint
-        time, on every rank at the same steps)."""
-        first_bad = self.first_bad
-        if distributed:
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: dict[str, Any], device: torch.device) -> torch.optim.AdamW:
+    """The run's AdamW (lr is set per step by :class:`TrainStep`)."""
+    opts = optimizer_options(device)
+    lr: float | torch.Tensor = float(cfg["lr"])
+    if opts.get("fused"):
+        lr = torch.tensor(lr, dtype=torch.float32, device=device)  # written in place by the update
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg["adam_betas"]), weight_decay=cfg["weight_decay"], **opts)
+
+
+def _extra(parts) -> dict[str, torch.Tensor]:
+    """The terms an Objective adds (LossTerms.extra); none for the bare seed loss (LossParts)."""
+    return getattr(parts, "extra", {})
+
+
+class LossModule(nn.Module):
+    """The network and its objective as one module: what the compiled forward graph holds."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[..., Any], autocast: Callable[[], Any]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.autocast = autocast
+
+    def forward(self, x: torch.Tensor, beta: torch.Tensor):
+        with self.autocast():  # the network in the AMP dtype; the loss reads its logits in fp32
+            out = self.model(x)
+        return self.loss_fn(out, x, beta)
+
+
+class TrainStep:
+    """One optimisation step (see the module docstring). ``lr_table``/``beta_table`` hold the
+    schedules' value at every step of the run (:mod:`model.training.schedules`), ``start_step`` is
+    where this process begins (a resumed run's checkpoint step)."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[..., Any], optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, *, device: torch.device, autocast: Callable[[], Any],
+                 grad_clip: float, params: Sequence[nn.Parameter], lr_table: Sequence[float],
+                 beta_table: Sequence[float], start_step: int = 0, compile_mode: str | None = None,
+                 distributed: bool = False, compile_backend: str = "inductor", compile_update: bool | None = None):
+        self.optimizer, self.scaler, self.grad_clip = optimizer, scaler, float(grad_clip)
+        self.params = list(params)
+        self.device = device
+        self.distributed = distributed
+        self.lr_host = [float(v) for v in lr_table]
+        self.step = int(start_step)  # the host's count; the device keeps its own (step_t)
+        self.forward: Callable[..., Any] = LossModule(model, loss_fn, autocast)
+        self.compiled = compile_mode is not None
+        # compile_backend "eager" (Dynamo's trace, no code generation) is for counting graph breaks on CPU.
+        options = {"backend": compile_backend} if compile_backend != "inductor" else \
+            {"mode": None if compile_mode == "default" else compile_mode}
+        if self.compiled:
+            self.forward = torch.compile(self.forward, **options)
+        # Fused AdamW reads lr from the device; foreach (CPU) takes a host float. A checkpoint from the other
+        # kind of run may have brought the other kind of lr.
+        self.lr_on_device = bool(optimizer.defaults.get("fused"))
+        for group in optimizer.param_groups:
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, dtype=torch.float32, device=device) if self.lr_on_device else lr
+        self.scaling = scaler.is_enabled()
+        last = len(self.lr_host) - 1
+        dev = dict(device=device)
+        self.lr_table = torch.tensor(self.lr_host, dtype=torch.float32).to(**dev) if self.lr_on_device else None
+        self.beta_table = torch.tensor([float(v) for v in beta_table], dtype=torch.float32).to(**dev)
+        self.step_t = torch.full((), self.step, dtype=torch.long, **dev)
+        self.beta_t = self.beta_table[min(self.step, last)].clone()  # the first step's; then _prepare's
+        self.first_bad = torch.full((), -1, dtype=torch.long, **dev)
+        self.sums: torch.Tensor | None = None  # loss, rec, kl, extra terms: allocated at the first step
+        self.names: list[str] = []
+        self._allocated = False
+        self.count = 0  # steps summed since the last read (the host knows it: no device counter needed)
+        self._last = last
+        self._static = [t for t in (self.step_t, self.beta_t, self.first_bad, self.lr_table, self.beta_table)
+                        if t is not None] + [g["lr"] for g in optimizer.param_groups if self.lr_on_device]
+        if compile_update is None:
+            compile_update = update_in_graph(device, fused=self.lr_on_device, scaling=self.scaling)
+        self.prepare: Callable[..., None] = self._prepare
+        if self.compiled and compile_update:
+            self.prepare = torch.compile(self._prepare, **options)
+
+    # ------------------------------------------------------------------ the step
+    def __call__(self, x: torch.Tensor):
+        """One step on batch ``x``; returns the loss terms (device tensors, not to be read per step)."""
+        parts = self.forward(x, self.beta_t)
+        if not self._allocated:
+            self._allocate(parts)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(parts.loss).backward()
+        if not self.lr_on_device:
+            lr = self.lr_host[min(self.step, self._last)]
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        self.prepare(parts.loss.detach(), parts.rec.detach(), parts.kl.detach(),
+                     *(v.detach() for v in _extra(parts).values()))
+        # Outside the graphs: torch keeps the fused AdamW out of Dynamo (compiler.disable); it is one
+        # multi-tensor kernel over every parameter, reading lr from the device.
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.count += 1
+        return parts
+
+    def _allocate(self, parts) -> None:
+        names = ["loss", "rec", "kl", *_extra(parts)]
+        if self.sums is None or names != self.names:  # else: restored from a checkpoint (load_log_state)
+            self.names, self.count = names, 0
+            self.sums = torch.zeros(len(self.names), dtype=torch.float32, device=self.device)
+        self._allocated = True
+        if self.compiled:
+            # Tensors the graphs read or write in place: static, so CUDA graphs neither copy them per
+            # replay nor refuse a graph for mutating an input.
+            for t in (*self._static, self.sums):
+                torch._dynamo.mark_static_address(t)
+
+    def _prepare(self, loss: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor, *extra: torch.Tensor) -> None:
+        """Everything of the update but AdamW itself: clip, NaN watch, log sums, this step's lr and
+        the next step's β. No Python state changes here, so that a graph of it replays exactly."""
+        if self.grad_clip > 0:
+            if self.scaling:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        bad = ~torch.isfinite(loss)
+        self.first_bad.copy_(torch.where(bad & (self.first_bad < 0), self.step_t, self.first_bad))
+        self.sums.add_(torch.stack([loss, rec, kl, *extra]).float())
+        if self.lr_on_device:
+            lr = self._at(self.lr_table, self.step_t)
+            for group in self.optimizer.param_groups:
+                group["lr"].copy_(lr)
+        self.step_t.add_(1)
+        self.beta_t.copy_(self._at(self.beta_table, self.step_t))
+
+    def _at(self, table: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """``table[step]`` for a device step counter, as a gather (plain indexing by a 0-dim tensor would
+        read the index on the host)."""
+        return table.index_select(0, step.clamp(max=self._last).reshape(1)).reshape(())
+
+    # ------------------------------------------------------------------ log points
+    def read_logs(self, seconds: float = 0.0) -> tuple[dict[str, float], int | None, float]:
+        """(the mean of every logged value over the steps since the last read, the first step whose loss
+        was NaN/inf or None, ``seconds`` averaged over the ranks): the one host read of a log point.
+        Under DDP every rank calls it at the same steps; the means are the global batch's, the NaN step
+        any rank's, and the seconds (each rank's time since its last log point) the same on every rank,
+        so that decisions taken from them (:class:`Cadence`) agree."""
+        n = max(self.count, 1)
+        sums = torch.zeros(0, device=self.device) if self.sums is None else self.sums / n
+        packed = torch.cat([sums.double(), torch.tensor([seconds], dtype=torch.float64).to(self.device)])
+        first_bad = self.first_bad.clone()
+        if self.distributed:
             import torch.distributed as dist
 
-            first_bad = first_bad.clone()
+            dist.all_reduce(packed)
+            packed /= dist.get_world_size()
             dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
-        step = int(first_bad.item())
-        return None if step < 0 else step
+        values = torch.cat([packed, first_bad.double().reshape(1)]).tolist()  # the one sync
+        if self.sums is not None:
+            self.sums.zero_()
+        self.count = 0
+        bad = int(values[-1])
+        means = dict(zip(self.names, values[:-2])) if self.names else {}
+        return means, (None if bad < 0 else bad), values[-2]
+
+    def log_state(self) -> dict[str, Any]:
+        """The sums since the last log point, for the checkpoint: a resumed run's next log point then
+        averages the same steps as an uninterrupted run's."""
+        return {"names": list(self.names), "sums": self.sums, "count": self.count}
+
+    def load_log_state(self, state: dict[str, Any] | None) -> None:
+        if not state or state.get("sums") is None:
+            return
+        self.names = list(state["names"])
+        self.sums = state["sums"].to(device=self.device, dtype=torch.float32).clone()
+        self.count = int(state["count"])
+
+    def first_bad_step(self) -> int | None:
+        """The first step whose loss was NaN/inf on any rank, or None (a host read: before a checkpoint,
+        which must never keep a diverged state, and at log points through :meth:`read_logs`)."""
+        first_bad = self.first_bad.clone()
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+        bad = int(first_bad.item())
+        return None if bad < 0 else bad
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate step ``step`` ran with (host side, for the logs)."""
+        return self.lr_host[min(step, self._last)]
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, beta: torch.Tensor, *, loss_fn: Callable[..., Any], autocast: Any,
-               grad_clip: float, params: list[torch.nn.Parameter] | None = None):
-    """Forward under autocast, loss in fp32, backward, clip, optimizer step. Returns LossParts (tensors)."""
-    with autocast:
-        out = model(x)
-    parts = loss_fn(out, x, beta)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(parts.loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params if params is not None else model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return parts
+
+#: The fewest steps between two log points of a time-based cadence (and before the first, whose step time then
+#: sets the next interval): where a step takes more than log_every_s / 10 (a slow CPU), logs come every 10
+#: steps, so the loop never reads the device more than once per 10 steps.
+MIN_LOG_STEPS = 10
+
+
+class Cadence:
+    """When the loop logs and checkpoints: logs every ``log_every_s`` seconds but at most every
+    :data:`MIN_LOG_STEPS` steps (or every ``log_interval`` steps), and at every epoch's end; checkpoints every ``checkpoint_every_s`` seconds and/or ``checkpoint_interval`` steps.
+
+    Under DDP the ranks must log and checkpoint at the same steps (both take collectives) though their
+    clocks differ, so seconds become steps: at each log point the step time measured since the previous
+    one (averaged over the ranks by :meth:`TrainStep.read_logs`) sets how many steps the next interval
+    has, and the time towards a checkpoint adds up those same averaged seconds. A single process runs
+    the same arithmetic."""
+
+    def __init__(self, cfg: dict[str, Any], start_step: int):
+        self.log_steps = cfg["log_interval"]  # None: by time
+        self.log_s = float(cfg["log_every_s"])
+        self.ckpt_s = float(cfg["checkpoint_every_s"])
+        self.ckpt_steps = int(cfg["checkpoint_interval"])
+        self.last_log = start_step
+        # By steps, log points are the multiples of log_interval, wherever a resumed run starts.
+        self.next_log = (start_step // self.log_steps + 1) * self.log_steps if self.log_steps else \
+            start_step + MIN_LOG_STEPS
+        self.since_checkpoint = 0.0  # seconds, counted at log points
+
+    def log_due(self, step: int, last_batch: bool) -> bool:
+        return last_batch or step >= self.next_log
+
+    def logged(self, step: int, seconds: float) -> None:
+        """A log point at ``step``, ``seconds`` (agreed by the ranks) after the previous one."""
+        per_step = seconds / max(1, step - self.last_log)
+        interval = self.log_steps or max(MIN_LOG_STEPS, round(self.log_s / per_step) if per_step > 0 else 0)
+        self.last_log, self.next_log = step, step + interval
+        self.since_checkpoint += seconds
+
+    def checkpoint_due(self, step: int, logged: bool) -> bool:
+        by_steps = bool(self.ckpt_steps) and step % self.ckpt_steps == 0
+        by_time = logged and self.ckpt_s > 0 and self.since_checkpoint >= self.ckpt_s
+        return by_steps or by_time
+
+    def checkpointed(self) -> None:
+        self.since_checkpoint = 0.0
