@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--channels", "16,32,64,128", "--latent_dim", "32", "--loss_impl", "torch", "--compile", "false",
          "--batch_size", "16", "--eval_batch_size", "64", "--log_interval", "2", "--kl_warmup_steps", "10",
          "--warmup_steps", "3", "--n_samples", "16", "--num_threads", "1"]
+# On CUDA the exact-resume comparison needs deterministic kernels (cuBLAS workspace, no cuDNN autotuning).
+SMALL += ["--deterministic", "true"] if torch.cuda.is_available() else []
 ARTIFACTS = ("config.json", "metrics.jsonl", "training_log.png", "reconstructions.png", "samples.png",
              "interpolation.png", "failures.png", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
              "evaluation.json", "evaluation.png", "failure_modes.png")
