@@ -2,12 +2,17 @@
 PartError with one line when it fails."""
 from __future__ import annotations
 
+import gzip
 import re
+import shutil
 from typing import Any
 
 from bench.gpu_driver import (DRY_RUN_CONFIG, DRY_RUN_KERNEL_SUBSET, KERNEL_SUBSET, KERNEL_TESTS, STEP_ROOM, Part,
                               PartError, Session, _checked, _python, start_data_job)
 from bench.gpu_readings import EpochWatcher, NvmlSampler, train_report
+
+#: What the output folder keeps of the train part's run: everything but the checkpoints and pictures.
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "evaluation.json", "training_log.png")
 
 
 # ---------------------------------------------------------------------- parts of `quick`
@@ -69,7 +74,9 @@ def part_data_foreground(s: Session, p: Part) -> dict[str, Any] | None:
 
 def part_train(s: Session, p: Part) -> dict[str, Any]:
     shards = s.wait_for_data(s.left() - p.least)
-    run_dir = s.out / "train_run"
+    # checkpoints (tens of MB) stay beside the data; the output folder gets the run's small files
+    run_dir = s.data / "train_run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun's train.py would refuse a used run directory
     argv = _python(s, "train.py", "--config", s.config, "--data", str(shards), "--epochs", "3",
                    "--out", str(run_dir), "--backend", "webdataset")
     env = {"VAE_NO_PROBE": "1"} if s.dry_run else {}  # the dry run's config fixes amp; no probe of the step
@@ -79,17 +86,25 @@ def part_train(s: Session, p: Part) -> dict[str, Any]:
         rc, out = s.command(p.name, argv, timeout=s.left(), env=env)
     cache = re.search(r"loader (\S+), cache (\S+)", out)
     result = train_report(run_dir, watcher.windows(), sampler, cache.group(2) if cache else None)
+    keep = s.out / "train_run"
+    keep.mkdir(exist_ok=True)
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, keep / name)
     _checked(rc, "train.py")
     return result
 
 
 def part_profile(s: Session, p: Part) -> None:
     shards = s.wait_for_data(s.left() - p.least)
+    trace_dir = s.data / "profile"  # a CUDA trace of 20 steps is tens of MB: the output folder gets it gzipped
     argv = _python(s, "-m", "bench.profile", "--shards", str(shards), "--config", s.config, "--backend",
-                   "webdataset", "--out", str(s.out), "--json", str(s.out / "profile.json"))
+                   "webdataset", "--out", str(trace_dir), "--json", str(s.out / "profile.json"))
     argv += ["--steps", "3", "--quick"] if s.dry_run else ["--steps", "20"]
     rc, _ = s.command(p.name, argv, timeout=s.left())
     _checked(rc, "bench.profile")
+    with open(trace_dir / "trace.json", "rb") as src, gzip.open(s.out / "trace.json.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def part_decode(s: Session, p: Part) -> None:

@@ -39,7 +39,7 @@ def _session(*args: str, env: dict[str, str] | None = None, timeout: int = 300) 
 @pytest.mark.slow
 def test_quick_dry_run_runs_every_part_and_writes_its_json(tmp_path):
     out = tmp_path / "out"
-    done = _session("quick", "--dry-run", "--out", str(out))
+    done = _session("quick", "--dry-run", "--out", str(out), "--data", str(tmp_path / "data"))
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     session = json.loads((out / "session.json").read_text())
     assert [p["part"] for p in session["parts"]] == QUICK_PARTS
@@ -56,10 +56,12 @@ def test_quick_dry_run_runs_every_part_and_writes_its_json(tmp_path):
     epochs = docs["train"]["results"]["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(e["images_per_s"] > 0 for e in epochs)
     assert docs["train"]["results"]["checkpoint_seconds"] is not None
-    assert docs["profile"]["results"]["steps"] == 3
+    assert docs["profile"]["results"]["steps"] == 3 and (out / "trace.json.gz").stat().st_size > 0
+    # the output folder keeps the run's small files, not its checkpoints
+    assert (out / "train_run" / "summary.json").is_file() and not list(out.rglob("*.pt"))
     assert any(r["images_per_s"] > 0 for r in docs["decode"]["results"]["rows"])
     data = json.loads((out / "data.json").read_text())["results"]
-    assert data["images"] == 160
+    assert data["images"] == 160 and list((tmp_path / "data").rglob("*.pt"))
 
 
 @pytest.mark.slow
