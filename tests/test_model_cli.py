@@ -205,6 +205,14 @@ def test_usage_names_the_program_as_started(monkeypatch, argv0, prog):
     assert sub["sample"].format_usage().startswith(f"usage: {prog} sample ")
 
 
+def test_help_names_every_command_with_an_example():
+    from model.use.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    for name in COMMANDS:
+        assert name in parser.description and f"python -m model {name} " in parser.epilog, name
+
+
 def test_help_states_where_each_output_goes():
     from model.use.cli import build_parser
 

@@ -199,6 +199,25 @@ def test_bad_config_values(tmp_path, capsys, argv, expect):
     assert not (tmp_path / "run" / "config.json").exists()  # refused before any run directory work
 
 
+def test_help_groups_every_key_with_its_limit_and_default():
+    from model.losses.structural import max_scales
+    from model.training.config import GROUPS, SCHEMA, build_parser, load_config, read_config_file
+
+    text = " ".join(build_parser(prog="train.py").format_help().split())
+    defaults = read_config_file()
+    assert all(title in text for title in GROUPS.values())
+    for key, spec in SCHEMA.items():
+        assert spec.group in GROUPS, key
+        value = defaults[key]
+        shown = ("null" if value is None else str(value).lower() if isinstance(value, bool)
+                 else ",".join(map(str, value)) if isinstance(value, list) else str(value))
+        assert f"--{key} " in text and f"(config.json: {shown})" in text and spec.must in text, key
+        assert f"--{key.replace('_', '-')} " not in text or "_" not in key, key  # one listing per key
+    assert " V " not in text  # every value has a placeholder that says what it is
+    assert f"64×64 allows {max_scales(64)}, 128×128 {max_scales(128)}, 176×176 and up {max_scales(176)}" in text
+    assert load_config(["--out-dir", "elsewhere"])["out_dir"] == "elsewhere"  # the unlisted spelling still works
+
+
 def test_bad_config_file(tmp_path, capsys):
     bad = tmp_path / "c.json"
     bad.write_text("{not json")

@@ -25,9 +25,24 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config.json"
 _AUTO = "auto"
 
 
+_DATA, _MODEL, _LOSS, _OPTIMISATION, _RUNTIME, _LOGGING, _ARTIFACTS = (
+    "data", "model", "loss", "optimisation", "runtime", "logging", "artifacts")
+#: The groups of ``train.py -h``, in the order it shows them (each key names its group), with their titles.
+GROUPS = {
+    _DATA: "data: where the images come from and how they are loaded",
+    _MODEL: "model: the network (a resumed run refuses changes to these)",
+    _LOSS: "loss: reconstruction term, KL weight and schedule, added terms",
+    _OPTIMISATION: "optimisation: steps, batches, AdamW, learning rate, seed",
+    _RUNTIME: "runtime: precision, compilation, determinism, DDP",
+    _LOGGING: "run directory, logging and checkpoints",
+    _ARTIFACTS: "pictures and the evaluation every run ends with",
+}
+
+
 @dataclass(frozen=True)
 class Key:
-    """One config key: its value kind, an optional check (message when violated) and help text."""
+    """One config key: its value kind, help text, an optional check (``must``: the limit it enforces, as
+    messages and ``-h`` say it), its group in ``train.py -h`` and the placeholder ``-h`` shows for its value."""
 
     kind: str  # int | float | bool | str | ints | floats | strs | auto_bool
     help: str
@@ -35,6 +50,8 @@ class Key:
     must: str = ""
     nullable: bool = False
     choices: tuple[str, ...] = ()
+    group: str = ""
+    metavar: str = ""
 
 
 def _pos(x: Any) -> bool:
@@ -47,106 +64,137 @@ def _nonneg(x: Any) -> bool:
 
 SCHEMA: dict[str, Key] = {
     # run + data
-    "name": Key("str", "run name; outputs go to OUT_DIR/NAME unless --out is given"),
-    "out_dir": Key("str", "parent folder of run directories"),
-    "data": Key("str", "preshard output dir (manifest.json + split folders); null → synthetic default",
-                nullable=True),
-    "synthetic_dir": Key("str", "where the default run generates its synthetic CelebA-layout set"),
-    "synthetic_shards": Key("str", "where the default run preshards that set"),
-    "synthetic_images": Key("int", "images in the generated synthetic set", _pos, "> 0"),
-    "seed": Key("int", "seed for weights, sampling and shuffling", _nonneg, ">= 0"),
+    "name": Key("str", "run name: the run directory is OUT_DIR/NAME unless --out is given", group=_LOGGING,
+                metavar="NAME"),
+    "out_dir": Key("str", "parent folder of run directories", group=_LOGGING, metavar="DIR"),
+    "data": Key("str", "preshard's output folder (manifest.json + split folders); null: the synthetic default, "
+                       "drawn and sharded on first use", nullable=True, group=_DATA, metavar="DIR"),
+    "synthetic_dir": Key("str", "where the default run draws its synthetic CelebA-layout set", group=_DATA,
+                         metavar="DIR"),
+    "synthetic_shards": Key("str", "where the default run preshards that set", group=_DATA, metavar="DIR"),
+    "synthetic_images": Key("int", "faces in the synthetic set (another count redraws it)", _pos, "> 0",
+                            group=_DATA),
+    "seed": Key("int", "seed for weights, noise, sampling, shuffling and the synthetic set", _nonneg, ">= 0",
+                group=_OPTIMISATION),
     # model
-    "image_size": Key("int", "input side length in pixels", _pos, "> 0"),
-    "channels": Key("ints", "encoder widths (decoder mirrors them)", lambda v: len(v) > 0 and all(c > 0 for c in v),
-                    "a non-empty list of positive ints"),
-    "latent_dim": Key("int", "size of z", _pos, "> 0"),
-    "kernel_size": Key("int", "conv kernel size", lambda v: 2 <= v <= 7, "in 2..7"),
-    "res_blocks": Key("int", "residual blocks per stage (0 = the seed's plain network)", _nonneg, ">= 0"),
+    "image_size": Key("int", "side of the square images in pixels; a multiple of 2**len(channels)", _pos, "> 0",
+                      group=_MODEL),
+    "channels": Key("ints", "encoder widths, one stride-2 stage each (the decoder mirrors them)",
+                    lambda v: len(v) > 0 and all(c > 0 for c in v), "a non-empty list of positive ints",
+                    group=_MODEL),
+    "latent_dim": Key("int", "size of z", _pos, "> 0", group=_MODEL),
+    "kernel_size": Key("int", "convolution kernel size", lambda v: 2 <= v <= 7, "in 2..7", group=_MODEL),
+    "res_blocks": Key("int", "residual blocks per stage (0 = the seed's plain network)", _nonneg, ">= 0",
+                      group=_MODEL),
     # loss
-    "beta": Key("float", "weight of the KL term (after warm-up)", _nonneg, ">= 0"),
-    "kl_warmup_steps": Key("int", "steps over which beta ramps linearly from 0 (0 = no annealing)", _nonneg, ">= 0"),
-    "loss_impl": Key("str", "loss kernels: auto | triton (fused) | torch (eager reference)", choices=IMPLS),
-    "kl_schedule": Key("str", "β over training: linear (warm-up over kl_warmup_steps) | cyclical (Fu et al. 2019: "
-                              "kl_cycles ramps, each rising over kl_ratio of its cycle) | constant",
-                       choices=("linear", "cyclical", "constant")),
-    "kl_cycles": Key("int", "cyclical schedule: number of cycles over the run", _pos, "> 0"),
+    "beta": Key("float", "weight of the KL term (after warm-up)", _nonneg, ">= 0", group=_LOSS),
+    "kl_warmup_steps": Key("int", "linear schedule: steps over which β ramps from 0 (0 = no ramp)", _nonneg, ">= 0",
+                           group=_LOSS),
+    "loss_impl": Key("str", "SSE + KL kernels: triton (fused; on a CPU only in the interpreter, "
+                            "TRITON_INTERPRET=1), torch (the reference), auto (triton where it runs)",
+                     choices=IMPLS, group=_LOSS),
+    "kl_schedule": Key("str", "β over training: linear (warm-up over kl_warmup_steps), cyclical (Fu et al. 2019: "
+                              "kl_cycles ramps, each rising over kl_ratio of its cycle), constant",
+                       choices=("linear", "cyclical", "constant"), group=_LOSS),
+    "kl_cycles": Key("int", "cyclical schedule: number of cycles over the run", _pos, "> 0", group=_LOSS),
     "kl_ratio": Key("float", "cyclical schedule: share of each cycle over which β rises", lambda v: 0 < v <= 1,
-                    "in (0, 1]"),
-    "free_bits": Key("float", "per-dimension KL floor λ in nats (Kingma et al. 2016; 0 = off)", _nonneg, ">= 0"),
-    "recon": Key("str", "reconstruction term: sse (the seed's) | gaussian_learned_sigma (σ-VAE, one learned σ) | "
+                    "in (0, 1]", group=_LOSS),
+    "free_bits": Key("float", "per-dimension KL floor λ in nats (Kingma et al. 2016; 0 = off)", _nonneg, ">= 0",
+                     group=_LOSS),
+    "recon": Key("str", "reconstruction term: sse (the seed's), gaussian_learned_sigma (σ-VAE, one learned σ), "
                         "gaussian_optimal_sigma (σ² = the batch's MSE)",
-                 choices=("sse", "gaussian_learned_sigma", "gaussian_optimal_sigma")),
-    "perceptual_weight": Key("float", "weight of the VGG feature-matching loss (0 = off)", _nonneg, ">= 0"),
-    "perceptual_network": Key("str", "network of the perceptual loss", choices=("vgg16", "vgg19")),
-    "perceptual_layers": Key("strs", "VGG layers whose features are matched, e.g. relu1_2,relu2_2,relu3_3",
-                             lambda v: len(v) > 0, "a non-empty list of layer names"),
+                 choices=("sse", "gaussian_learned_sigma", "gaussian_optimal_sigma"), group=_LOSS),
+    "perceptual_weight": Key("float", "weight of the VGG feature-matching loss (0 = off)", _nonneg, ">= 0",
+                             group=_LOSS),
+    "perceptual_network": Key("str", "network of the perceptual loss", choices=("vgg16", "vgg19"), group=_LOSS),
+    "perceptual_layers": Key("strs", "VGG layers whose features are matched: reluA_B, convA_B or poolA of the network",
+                             lambda v: len(v) > 0, "a non-empty list of layer names", group=_LOSS,
+                             metavar="LAYER,..."),
     "perceptual_weights": Key("str", "torchvision's VGG weights file (null: look in torch.hub's cache; \"random\": an "
-                                     "untrained VGG, for benchmarks only)", nullable=True),
-    "ssim_weight": Key("float", "weight of the (MS-)SSIM loss, 1 − SSIM per image (0 = off)", _nonneg, ">= 0"),
-    "ssim_scales": Key("int", "1 = SSIM, up to 5 = MS-SSIM (Wang et al. 2003 weights)", lambda v: 1 <= v <= 5,
-                       "in 1..5"),
+                                     "untrained VGG, for benchmarks only)", nullable=True, group=_LOSS,
+                              metavar="FILE"),
+    "ssim_weight": Key("float", "weight of the (MS-)SSIM loss, 1 − SSIM per image (0 = off)", _nonneg, ">= 0",
+                       group=_LOSS),
+    "ssim_scales": Key("int", "1 = SSIM, more = MS-SSIM over that many scales (Wang et al. 2003 weights); every "
+                              "scale must hold the 11×11 window: 64×64 allows 3, 128×128 4, 176×176 and up 5",
+                       lambda v: 1 <= v <= 5, "in 1..5", group=_LOSS),
     # optimisation
-    "epochs": Key("int", "passes over the training split", _pos, "> 0"),
-    "batch_size": Key("int", "training batch per process (global batch = this × world size)", _pos, "> 0"),
-    "eval_batch_size": Key("int", "batch for validation/test", _pos, "> 0"),
-    "lr": Key("float", "peak AdamW learning rate", _pos, "> 0"),
-    "weight_decay": Key("float", "AdamW weight decay", _nonneg, ">= 0"),
+    "epochs": Key("int", "passes over the training split", _pos, "> 0", group=_OPTIMISATION),
+    "batch_size": Key("int", "training batch per process (global batch = this × world size)", _pos, "> 0",
+                      group=_OPTIMISATION),
+    "eval_batch_size": Key("int", "batch for validation, test and the closing evaluation", _pos, "> 0",
+                           group=_OPTIMISATION),
+    "lr": Key("float", "peak AdamW learning rate (for the global batch)", _pos, "> 0", group=_OPTIMISATION),
+    "weight_decay": Key("float", "AdamW weight decay", _nonneg, ">= 0", group=_OPTIMISATION),
     "adam_betas": Key("floats", "AdamW betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
-                      "two numbers in [0, 1)"),
-    "grad_clip": Key("float", "max gradient norm (0 = no clipping)", _nonneg, ">= 0"),
-    "lr_schedule": Key("str", "constant | cosine (both after linear warm-up)", choices=("constant", "cosine")),
-    "warmup_steps": Key("int", "linear LR warm-up steps", _nonneg, ">= 0"),
-    "min_lr_ratio": Key("float", "cosine floor as a fraction of lr", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                      "two numbers in [0, 1)", group=_OPTIMISATION, metavar="B1,B2"),
+    "grad_clip": Key("float", "max gradient norm (0 = no clipping)", _nonneg, ">= 0", group=_OPTIMISATION),
+    "lr_schedule": Key("str", "learning rate after the linear warm-up", choices=("constant", "cosine"),
+                       group=_OPTIMISATION),
+    "warmup_steps": Key("int", "linear learning-rate warm-up steps", _nonneg, ">= 0", group=_OPTIMISATION),
+    "min_lr_ratio": Key("float", "cosine floor as a fraction of lr", lambda v: 0 <= v <= 1, "in [0, 1]",
+                        group=_OPTIMISATION),
     # precision + speed
-    "amp": Key("str", "auto | bf16 | fp16 | off (fp16 uses a GradScaler; CUDA only)",
-               choices=("auto", "bf16", "fp16", "off")),
-    "channels_last": Key("auto_bool", "NHWC memory format: auto | true | false"),
+    "amp": Key("str", "autocast dtype: auto (bf16 on CUDA, fp16 where it lacks bf16; on a CPU as the probe "
+                      "finds), bf16, fp16 (CUDA only, with a GradScaler), off (fp32)",
+               choices=("auto", "bf16", "fp16", "off"), group=_RUNTIME),
+    "channels_last": Key("auto_bool", "NHWC memory format (auto: on CUDA; on a CPU as the probe finds)",
+                         group=_RUNTIME),
     "compile": Key("auto_bool", "torch.compile the step (network and loss): auto (on CUDA; on CPU when the run is "
-                                "long enough to repay it) | true | false"),
-    "compile_mode": Key("str", "torch.compile mode of the step: auto (reduce-overhead on CUDA, default on CPU) | "
-                               "default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs",
-                        choices=("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
-    "sync_batchnorm": Key("bool", "SyncBatchNorm under DDP (CUDA only; per-rank BatchNorm otherwise)"),
+                                "long enough to repay it)", group=_RUNTIME),
+    "compile_mode": Key("str", "torch.compile mode of the step: auto (reduce-overhead on CUDA, default on CPU), "
+                               "default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs",
+                        choices=("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                        group=_RUNTIME),
+    "sync_batchnorm": Key("bool", "SyncBatchNorm under DDP (CUDA only; per-rank BatchNorm otherwise)", group=_RUNTIME),
     "deterministic": Key("bool", "deterministic algorithms only (torch.use_deterministic_algorithms; on CUDA also "
-                                 "CUBLAS_WORKSPACE_CONFIG=:4096:8 and no cudnn_benchmark): bit-exact resumes, slower"),
+                                 "CUBLAS_WORKSPACE_CONFIG=:4096:8 and no cudnn_benchmark): bit-exact resumes, slower",
+                         group=_RUNTIME),
     "cudnn_benchmark": Key("bool", "CUDA: let cuDNN time its convolution algorithms on the first step and keep the "
-                                   "fastest (the batch shape is fixed); off gives deterministic algorithms a chance"),
+                                   "fastest (the batch shape is fixed); off gives deterministic algorithms a chance",
+                           group=_RUNTIME),
     # loader
-    "backend": Key("str", "loader backend: auto | dali | dali-gpu | dali-cpu | webdataset", choices=BACKENDS),
-    "num_threads": Key("int", "loader threads (null = loader's default)", _pos, "> 0", nullable=True),
+    "backend": Key("str", "loader: auto (DALI where it imports, else webdataset + PIL), dali (GPU decode on CUDA), "
+                          "dali-gpu, dali-cpu, webdataset", choices=BACKENDS, group=_DATA),
+    "num_threads": Key("int", "loader threads (DALI) or worker processes (webdataset); null: the loader's default",
+                       _pos, "> 0", nullable=True, group=_DATA),
     "hw_decoder_load": Key("float", "DALI-GPU: share of JPEGs for the hardware decoder (null = DALI's 0.65)",
-                           lambda v: 0 <= v <= 1, "in [0, 1]", nullable=True),
+                           lambda v: 0 <= v <= 1, "in [0, 1]", nullable=True, group=_DATA),
     "hybrid_huffman_threshold": Key("int", "DALI-GPU: images above this many pixels get their Huffman stage on the "
                                            "GPU (null = DALI's 1,000,000, above every CelebA image)",
-                                    _nonneg, ">= 0", nullable=True),
+                                    _nonneg, ">= 0", nullable=True, group=_DATA),
     "cache": Key("str", "decoded-image cache after the first epoch: auto (GPU memory on CUDA, else RAM, when it "
-                        "fits) | host | device | none", choices=CACHES),
+                        "fits), host, device, none", choices=CACHES, group=_DATA),
     "crop": Key("int", "centre square cropped before resizing (148: CelebA's aligned 178×218; null = the whole "
-                       "image, resized without keeping its aspect ratio)", _pos, "> 0", nullable=True),
-    "flip": Key("bool", "random horizontal flips for training"),
+                       "image, resized without keeping its aspect ratio)", _pos, "> 0", nullable=True, group=_DATA),
+    "flip": Key("bool", "random horizontal flips for training", group=_DATA),
     # logging + checkpoints
-    "log_every_s": Key("float", "seconds between metric logs (each one reads the device once; the logged values "
-                                "are means over every step since the last log)", _pos, "> 0"),
+    "log_every_s": Key("float", "seconds between metric logs, never closer than 10 steps (each log reads the device "
+                                "once; the logged values are means over every step since the last log)", _pos, "> 0",
+                       group=_LOGGING),
     "log_interval": Key("int", "steps between metric logs instead of log_every_s (null = by time)", _pos, "> 0",
-                        nullable=True),
+                        nullable=True, group=_LOGGING),
     "checkpoint_every_s": Key("float", "seconds between checkpoints, written in the background (0 = only at the "
-                                       "end and on a stop)", _nonneg, ">= 0"),
+                                       "end and on a stop)", _nonneg, ">= 0", group=_LOGGING),
     "checkpoint_interval": Key("int", "steps between checkpoints, besides checkpoint_every_s (0 = none by steps)",
-                               _nonneg, ">= 0"),
-    "stop_at_step": Key("int", "end the run early at this global step (schedule still spans all epochs)",
-                        _pos, "> 0", nullable=True),
-    "tensorboard": Key("bool", "also write TensorBoard events to RUN/tensorboard/ (needs the tensorboard package)"),
+                               _nonneg, ">= 0", group=_LOGGING),
+    "stop_at_step": Key("int", "end the run early at this global step (schedules still span all epochs)",
+                        _pos, "> 0", nullable=True, group=_LOGGING),
+    "tensorboard": Key("bool", "also write TensorBoard events to RUN/tensorboard/ (needs the tensorboard package)",
+                       group=_LOGGING),
     # artifacts
-    "n_reconstructions": Key("int", "test images in reconstructions.png", _pos, "> 0"),
-    "n_samples": Key("int", "images in samples.png", _pos, "> 0"),
-    "n_interpolation": Key("int", "steps in interpolation.png", lambda v: v >= 2, ">= 2"),
+    "n_reconstructions": Key("int", "test images in reconstructions.png", _pos, "> 0", group=_ARTIFACTS),
+    "n_samples": Key("int", "images in samples.png", _pos, "> 0", group=_ARTIFACTS),
+    "n_interpolation": Key("int", "steps in interpolation.png", lambda v: v >= 2, ">= 2", group=_ARTIFACTS),
     "n_failures": Key("int", "worst test reconstructions in failures.png (and per mode in failure_modes.png)",
-                      _pos, "> 0"),
+                      _pos, "> 0", group=_ARTIFACTS),
     # the evaluation every run ends with (python -m model evaluate has the full one)
-    "eval_iwae_k": Key("int", "importance samples per image for the test IWAE bound", _pos, "> 0"),
-    "eval_iwae_images": Key("int", "test images the IWAE bound is estimated on (0 = none)", _nonneg, ">= 0"),
+    "eval_iwae_k": Key("int", "importance samples per image for the test IWAE bound", _pos, "> 0",
+                       group=_ARTIFACTS),
+    "eval_iwae_images": Key("int", "test images the IWAE bound is estimated on (0 = none)", _nonneg, ">= 0",
+                            group=_ARTIFACTS),
     "eval_samples": Key("int", "prior samples (and test images) for the diversity ratio (0 = none)",
-                        lambda v: v == 0 or v >= 2, "0 (none) or >= 2 (the ratio compares pairs)"),
+                        lambda v: v == 0 or v >= 2, "0 (none) or >= 2 (the ratio compares pairs)", group=_ARTIFACTS),
 }
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -323,18 +371,53 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+_METAVARS = {"int": "N", "float": "X", "bool": "{true,false}", "auto_bool": "{auto,true,false}",
+             "ints": "N,N,...", "floats": "X,X,...", "strs": "NAME,...", "str": "TEXT"}
+
+
+def _shown(value: Any) -> str:
+    """A config value as it is typed on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value)
+    return str(value)
+
+
+def key_help(key: str, default: Any) -> tuple[str, str]:
+    """(placeholder, help line) of ``--key`` in ``train.py -h``: what it does, the limit the code enforces,
+    what null means where it is allowed, and its default in config.json."""
+    spec = SCHEMA[key]
+    metavar = spec.metavar or ("{" + ",".join(spec.choices) + "}" if spec.choices else _METAVARS[spec.kind])
+    if spec.nullable:
+        metavar += "|null"
+    limit = f"; {spec.must}" if spec.must else ""
+    return metavar, f"{spec.help}{limit} (config.json: {_shown(default)})".replace("%", "%%")
+
+
 def build_parser(prog: str | None = None, description: str | None = None,
                  parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The CLI: run options plus one ``--key value`` option per config key."""
+    """The CLI: run options plus one ``--key value`` option per config key, grouped as :data:`GROUPS` says,
+    each shown with config.json's value. ``--some-key`` is accepted for ``--some_key`` (not listed twice)."""
     p = parser or _Parser(prog=prog, description=description)
     if not isinstance(p, _Parser):
         p.error = _Parser.error.__get__(p)  # type: ignore[method-assign]
+    p.usage = p.usage or "%(prog)s [-h] [--config FILE] [--KEY VALUE ...] [options]"  # not 60 keys in a row
     p.add_argument("--config", metavar="FILE",
-                   help="config JSON layered over the project's config.json (keys it lacks keep their defaults)")
-    run = p.add_argument_group("config keys (override config.json; lists as 32,64,128,256; null for none)")
+                   help="config JSON layered over the project's config.json (keys it lacks keep their defaults), "
+                        "e.g. configs/gpu.json or configs/celeba128.json")
+    defaults = read_config_file()
+    sections = {g: p.add_argument_group(title) for g, title in GROUPS.items()}
+    sections[_DATA].description = "config keys override config.json: --KEY VALUE (or --KEY=VALUE); lists as " \
+                                  "32,64,128,256; null for none; --some-key works as --some_key"
     for key, spec in SCHEMA.items():
-        flags = [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in key else [])
-        run.add_argument(*flags, dest=key, default=argparse.SUPPRESS, metavar="V", help=spec.help)
+        metavar, text = key_help(key, defaults[key])
+        sections[spec.group].add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar=metavar,
+                                          help=text)
+        if "_" in key:
+            p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 

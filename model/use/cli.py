@@ -1,4 +1,4 @@
-"""``python -m model COMMAND``: sample, reconstruct, interpolate, encode and edit faces with a trained checkpoint.
+"""``python -m model COMMAND``: summary, sample, reconstruct, interpolate, encode, attributes, edit, evaluate.
 
     python -m model summary                      # the default run's best.pt: its step, config, layers
     python -m model sample --n 64 --seed 1       # decoded prior samples, one grid
@@ -148,8 +148,8 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=program_name(), description="Sample, reconstruct, interpolate, encode and edit faces with a "
-                "trained checkpoint.", epilog="examples:\n" + __doc__.split("\n\n")[1],
+    p = _Parser(prog=program_name(), description=f"Use a trained checkpoint: {', '.join(COMMANDS)}.",
+                epilog="examples:\n" + __doc__.split("\n\n")[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     cmd: dict[str, argparse.ArgumentParser] = {}
