@@ -13,7 +13,7 @@ loss is their mean over the batch (the negative ELBO when β = 1).
 A run can be stopped at any moment and continued with ``--resume``: Ctrl-C or SIGTERM finishes the
 step, writes ``last.pt`` at it and prints the command that resumes (model/training/signals.py);
 checkpoints, metrics and pictures are written atomically, so kill -9 or a full disk never leaves a
-torn file (model/training/disk_full.py); one run directory has one writer (run_lock.py); and a
+torn file (model/training/checkpoint.py); one run directory has one writer (run_lock.py); and a
 resumed run computes as its start did (the checkpoint keeps amp, channels_last and compile).
 """
 from __future__ import annotations
@@ -31,30 +31,30 @@ import torch
 from kernels import resolve_impl
 from model.flops import vae_flops_per_image
 from model.losses.objective import Objective
-from model.training.artifacts import plot_interpolation, plot_pairs, plot_samples, plot_training_log
-from model.training.build import build_model
+from model.training.observe import plot_interpolation, plot_pairs, plot_samples, plot_training_log
+from model.training.step import build_model
 from model.training.checkpoint import (BestState, CheckpointWriter, LastCheckpoint, load_checkpoint, load_model_state,
                                        make_checkpoint, save_atomic, set_rng_state)
 from model.training.config import build_parser, model_mismatch, parse_overrides, read_config_file, validate
 from model.training.data import open_loader, prepare_default_data
-from model.training.disk_full import DiskFull, remove_temps, write_text
+from model.training.checkpoint import DiskFull, remove_temps, write_text
 from model.evaluation import evaluate_model
 from model.evaluation.report import evaluation_table
 from model.evaluation.settings import eval_settings
 from model.evaluation.summary import scalars_of
-from model.training.evaluate import evaluate
-from model.training.metrics_log import MetricsLog
-from model.training.peak import measure_matmul_peak
-from model.training.probe import probe_step
-from model.training.progress import EpochProgress, epoch_table, make_console
+from model.training.validate import evaluate
+from model.training.observe import MetricsLog
+from model.training.observe import measure_matmul_peak
+from model.training.runtime import probe_step
+from model.training.observe import EpochProgress, epoch_table, make_console
 from model.training.bounds import check_bounds
-from model.training.run_lock import RunLock, check_fresh_run
+from model.training.checkpoint import RunLock, check_fresh_run
 from model.training.runtime import (decide_compile, init_distributed, keep_resumed_choices, launch_rank,
                                     resolve_runtime, runtime_choices, shutdown_distributed)
-from model.training.schedules import config_beta_at, lr_at
+from model.training.step import config_beta_at, lr_at
 from model.training.signals import StopSignals, resume_command
-from model.training.tensorboard_log import TensorBoardLog
-from model.training.train_step import Cadence, TrainingDiverged, TrainStep, make_optimizer
+from model.training.observe import TensorBoardLog
+from model.training.step import Cadence, TrainingDiverged, TrainStep, make_optimizer
 from model.vae import ConvVAE, VAEConfig, count_parameters
 from pipeline.errors import (ConfigError, Interrupted, cli_entry, disk_full_message, is_disk_full, same_command,
                              signal_name)

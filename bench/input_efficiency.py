@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench.common import print_table, save_json, sync
-from model.training.gpu_util import GpuUtilSampler
+from model.training.observe import GpuUtilSampler
 from bench.train_step import Variant, build_harness, resident_batch
 from pipeline.errors import ConfigError, DataError, cli_entry
 from pipeline.limits import check_count

@@ -91,7 +91,7 @@ def comparison_picture(results: list[dict[str, Any]], out: Path, shards: Path, n
     samples from the same z."""
     from model.use.faces import first_samples
     from model.use.loading import load_trained
-    from model.use.pictures import plot_table
+    from model.evaluation.pictures import plot_table
 
     rows, labels = [], []
     z = None

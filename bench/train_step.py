@@ -1,6 +1,6 @@
 """Train-step throughput on device-resident data: the upper bound the input pipeline is judged against.
 
-Runs the trainer's own step (``model.training.train_step.train_step``) for every combination of
+Runs the trainer's own step (``model.training.step.train_step``) for every combination of
 {eager, torch.compile (default / reduce-overhead / max-autotune)} × {fp32, bf16 AMP} ×
 {eager loss, fused Triton loss} × batch size, on one batch that already sits on the device, and
 reports images/s, ms/step and an MFU-style line (counted FLOPs ÷ measured matmul peak).
@@ -49,9 +49,10 @@ def build_harness(v: Variant, device: torch.device, *, image_size: int = 64, see
                   compile_backend: str = "inductor", compile_update: bool | None = None) -> Harness:
     """The trainer's model + loss + AdamW in its ``TrainStep`` for variant ``v`` (the pieces train.py wires
     together, with train.py's optimizer choice: fused on CUDA, foreach on CPU)."""
-    from model.training.build import build_model
+    from model.training.step import build_model
     from model.training.runtime import Runtime
-    from model.training.train_step import TrainStep, make_loss_fn, make_optimizer
+    from model.losses.objective import make_loss_fn
+    from model.training.step import TrainStep, make_optimizer
     from model.vae import VAEConfig
 
     torch.manual_seed(seed)
@@ -169,7 +170,7 @@ def run(quick: bool = False, json_path: str | None = None, device: str | None = 
     file is rewritten after every variant, so a run cut short keeps what it measured."""
     device = resolve_device(device)
     from model.flops import vae_flops_per_image
-    from model.training.peak import measure_matmul_peak
+    from model.training.observe import measure_matmul_peak
     from model.vae import VAEConfig
 
     grid, skipped = variants(device, quick, batch_sizes)

@@ -7,16 +7,17 @@
                   reconstruct, interpolate, encode, attributes, edit, evaluate with a trained checkpoint
     losses/       the objective: the fused SSE + β·KL, σ-VAE term, free bits, VGG perceptual, (MS-)SSIM
     metrics/      PSNR, SSIM, IWAE bits/dim, active units, sharpness, regions, attributes, diversity, FID
-    evaluation/   ``evaluate``'s pass over a split: evaluation.json/png, failure_modes.png
+    evaluation/   ``evaluate``'s pass over a split: evaluation.json/png, failure_modes.png; the labelled
+                  picture tables and the files written whole that it and the commands write
     use/          those commands: checkpoint loading, faces in through ``pipeline``, latent
-                  arithmetic, attribute directions, pictures and files written whole
-    training/     the trainer's helpers, used by train.py: config, runtime (device, DDP, AMP,
-                  compile), probe (CPU "auto" by timing the step), data (shards → loaders), build (model on the device, DDP, compile),
-                  train_step, schedules, evaluate, checkpoint, metrics_log, progress, artifacts (pictures),
-                  gpu_util (NVML sampler), peak (measured matmul peak, the MFU denominator),
-                  signals (Ctrl-C/SIGTERM: checkpoint the step, agree across ranks), run_lock
-                  (one trainer per run directory), disk_full (atomic writes, a full disk as one line)
-                  tensorboard_log (optional TensorBoard events, ``tensorboard: true``)
+                  arithmetic, attribute directions
+    training/     the trainer's helpers, used by train.py, one module per concept:
+                  config (config.json, --key value, bounds), runtime (device, DDP, AMP, compile; the CPU probe),
+                  data (shards → loaders, the default data), step (build, schedules, TrainStep), checkpoint
+                  (atomic writes, checkpoints and their background writer, the run lock), observe (metrics.jsonl,
+                  progress, TensorBoard, GPU utilisation and MFU, pictures), validate (the per-epoch validation),
+                  signals (Ctrl-C/SIGTERM: checkpoint the step, agree across ranks)
 
+Inside ``model`` imports point down: vae/flops ← metrics ← losses ← training ← evaluation ← summary ← use.
 ``model`` may import ``pipeline`` and ``kernels``; it never imports ``train`` or ``bench``.
 """

@@ -2,7 +2,7 @@
 
 FLOPs are counted, not estimated: ``torch.utils.flop_counter.FlopCounterMode`` adds up the
 convolution, transposed-convolution and linear work of one forward + backward. The denominator,
-the device's measured matmul peak, is in :mod:`model.training.peak`.
+the device's measured matmul peak, is in :mod:`model.training.observe`.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Two runs on one ``--out`` would rename each other's temporary files away and int
 the holder that the lock file records. The kernel drops an ``flock`` when its process dies (kill -9
 included), so a lock file left by a dead run holds nothing and is simply taken over: a rerun resumes.
 Where the filesystem has no file locks (some network and FUSE mounts) the run goes on unguarded, as
-it did before there was a lock; train.py's run lock (model/training/run_lock.py) is the stricter one,
+it did before there was a lock; train.py's run lock (model/training/checkpoint.py) is the stricter one,
 because a training run lives for hours and across hosts.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# train.py's CPU "auto" follows a timed probe of the step (model/training/probe.py): runs that tests compare must
+# train.py's CPU "auto" follows a timed probe of the step (model/training/runtime.py): runs that tests compare must
 # not depend on this machine's speed at that moment, so they take the CPU-flag rule; tests/test_probe.py unsets it.
 os.environ.setdefault("VAE_NO_PROBE", "1")
 

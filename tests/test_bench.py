@@ -18,7 +18,7 @@ def small_matmul_peak(monkeypatch):
     """train_step.run measures a matmul peak (MFU's denominator) per AMP dtype of its grid, on a 1024² matmul
     on CPU: without native bf16 that is ~20 s for the bf16 one alone, more than the timed rows. No test here
     checks the peak's value, so these runs measure it on a 64² matmul: the same code path, in well under a second."""
-    import model.training.peak as peak
+    import model.training.observe as peak
 
     real = peak.measure_matmul_peak
     monkeypatch.setattr(peak, "measure_matmul_peak", lambda device, dtype, n=None, **kw: real(device, dtype, n=64, **kw))

@@ -19,7 +19,7 @@ import torch
 
 from model.evaluation import FULL, EvalSettings, evaluate_model
 from model.metrics import mse_per_image, psnr, ssim
-from model.training.evaluate import WorstK
+from model.training.validate import WorstK
 from model.training.runtime import Runtime
 from model.use.cli import main as model_main
 from model.vae import ConvVAE, VAEConfig

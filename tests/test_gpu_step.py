@@ -22,7 +22,7 @@ def _cfg(**over):
 
 def test_cuda_auto_means_cuda_graphs_bf16_and_fused_adamw(monkeypatch):
     from model.training.runtime import resolve_runtime
-    from model.training.train_step import optimizer_options, update_in_graph
+    from model.training.step import optimizer_options, update_in_graph
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     rt = resolve_runtime(_cfg(), device="cuda")
@@ -53,7 +53,8 @@ def test_gpu_preset_values():
 
 
 def _step(lr_table, beta_table, *, fused=False, start=0):
-    from model.training.train_step import TrainStep, make_loss_fn
+    from model.losses.objective import make_loss_fn
+    from model.training.step import TrainStep
     from model.vae import ConvVAE, VAEConfig
 
     torch.manual_seed(0)
@@ -94,7 +95,7 @@ def test_log_sums_are_exact_means_and_a_nan_between_log_points_is_caught():
 
 
 def test_cadence_turns_seconds_into_steps_and_counts_time_to_checkpoints():
-    from model.training.train_step import MIN_LOG_STEPS, Cadence
+    from model.training.step import MIN_LOG_STEPS, Cadence
 
     c = Cadence(_cfg(log_every_s=2.0, checkpoint_every_s=5.0), start_step=0)
     assert not c.log_due(MIN_LOG_STEPS - 1, False) and c.log_due(MIN_LOG_STEPS, False)

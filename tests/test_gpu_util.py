@@ -1,4 +1,4 @@
-"""model.training.gpu_util's CUDA branch, run against a stand-in NVML (no GPU here): which GPU it reads,
+"""model.training.observe's CUDA branch, run against a stand-in NVML (no GPU here): which GPU it reads,
 what it reports, and that an NVML failure becomes a reason instead of an exception."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from model.training.gpu_util import GpuUtilSampler
+from model.training.observe import GpuUtilSampler
 
 
 class FakeNVML(types.ModuleType):

@@ -167,6 +167,35 @@ def test_no_circle_between_files():
     assert cycles(with_parent_packages(import_graph(ROOT))) == []
 
 
+#: Inside model/: the network and its FLOPs at the bottom, then metrics, losses, the trainer's helpers, the
+#: evaluation, the summary and the commands that use a trained model.
+MODEL_LAYERS = {"model.vae": 0, "model.flops": 0, "model.metrics": 1, "model.losses": 2, "model.training": 3,
+                "model.evaluation": 4, "model.summary": 5, "model.use": 6, "model.__main__": 7}
+
+
+def model_layer(name: str) -> int | None:
+    return next((layer for prefix, layer in MODEL_LAYERS.items() if name == prefix or name.startswith(prefix + ".")),
+                None)
+
+
+def model_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for src, targets in sorted(graph.items()):
+        mine = model_layer(src)
+        for dst in sorted(targets):
+            theirs = model_layer(dst)
+            same = src.split(".")[:2] == dst.split(".")[:2]
+            if mine is not None and theirs is not None and not same and theirs > mine:
+                bad.append(f"{src} imports {dst}")
+    return bad
+
+
+def test_imports_inside_model_point_down_only():
+    assert model_violations(import_graph(ROOT)) == []
+    assert model_violations({"model.losses.objective": {"model.training.step"}}) == \
+        ["model.losses.objective imports model.training.step"]
+
+
 def test_every_top_level_module_has_a_layer():
     assert unclassified(ROOT) == [], "give these a layer in LAYERS (or list them in NOT_LAYERED)"
 
@@ -175,7 +204,7 @@ def test_graph_sees_the_real_dependencies():
     graph = import_graph(ROOT)
     assert "pipeline.loader" in graph["model.training.data"]  # a lazy import inside a function
     assert "kernels" in graph["model.vae"]
-    assert {"model.training.build", "pipeline.errors"} <= graph["train"]
+    assert {"model.training.step", "pipeline.errors"} <= graph["train"]
     assert "pipeline.shards" in graph["pipeline.loader"]  # relative import resolved
     assert {"pipeline.loader", "pipeline.preshard", "pipeline.synthetic"} <= graph["pipeline"]  # _LAZY
     assert "bench.loss" in graph["bench.__main__"]  # importlib.import_module(f"bench.{module}")

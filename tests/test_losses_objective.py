@@ -17,7 +17,7 @@ from model.losses.objective import Objective
 from model.losses.structural import max_scales, ms_ssim, ms_ssim_loss, ssim_loss
 from model.metrics import ssim, ssim_terms
 from model.training.config import load_config
-from model.training.train_step import make_loss_fn
+from model.losses.objective import make_loss_fn
 from model.vae import VAEOutput
 from pipeline.errors import ConfigError
 from tests.utils import DEVICES, needs_triton_path

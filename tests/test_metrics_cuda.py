@@ -12,7 +12,7 @@ import torch
 
 from model.metrics import (face_ellipse_mask, high_frequency_energy, iwae_log_weights, mse_per_image, psnr,
                            region_mse, sharpness_ratio, ssim)
-from model.training.evaluate import WorstK
+from model.training.validate import WorstK
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -1,4 +1,4 @@
-"""The CPU probe that decides amp / channels_last / compile "auto" (model/training/probe.py).
+"""The CPU probe that decides amp / channels_last / compile "auto" (model/training/runtime.py).
 
 Timings are injected through the probe's ``Timer`` seam, so every choice here is deterministic;
 one test runs the real probe on a tiny network and only checks that it is quick and sane.
@@ -14,7 +14,7 @@ import torch
 from pipeline.errors import ConfigError
 
 from model.training.config import read_config_file, validate
-from model.training.probe import (BF16_FIRST_MAX, BUDGET_S, MAX_ROUNDS, Candidate, ProbeResult, cache_key,
+from model.training.runtime import (BF16_FIRST_MAX, BUDGET_S, MAX_ROUNDS, Candidate, ProbeResult, cache_key,
                                   fingerprint, probe_step, run_probe)
 from model.training.runtime import (Runtime, decide_compile, from_rank0, keep_resumed_choices, resolve_runtime,
                                     runtime_choices)
@@ -56,7 +56,7 @@ def cfg_with(**kw) -> dict:
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """A private probe cache folder, the probe switched on, and a quiet machine (whatever this one's load)."""
-    monkeypatch.setattr("model.training.probe.busy_machine", lambda: "")
+    monkeypatch.setattr("model.training.runtime.busy_machine", lambda: "")
     monkeypatch.setenv("VAE_PROBE_CACHE", str(tmp_path / "probe"))
     monkeypatch.delenv("VAE_NO_PROBE", raising=False)
     monkeypatch.delenv("VAE_PROBE_COMPILE", raising=False)
@@ -172,7 +172,7 @@ def test_cache_written_reused_keyed_and_repaired(cache, capsys):
 
 def test_busy_machine_is_reported_and_the_result_kept(cache, monkeypatch):
     load = ["load 3.3 on 2 cores"]
-    monkeypatch.setattr("model.training.probe.busy_machine", lambda: load[0])
+    monkeypatch.setattr("model.training.runtime.busy_machine", lambda: load[0])
     timer = FakeTimer({FP32: 0.4, CL: 0.5})
     busy = probe_step(cfg_with(), timer=timer, impl="torch")
     assert busy.busy == "load 3.3 on 2 cores" and "(busy machine: load 3.3 on 2 cores)" in busy.describe()
@@ -250,7 +250,7 @@ def test_a_resumed_run_keeps_its_starts_choices(cache):
 
 # ------------------------------------------------------------------------------------ the report
 def test_note_and_describe_report_the_probe(cache, monkeypatch):
-    monkeypatch.setattr("model.training.probe.bf16_emulated", lambda: None)  # the pilot path, on any CPU
+    monkeypatch.setattr("model.training.runtime.bf16_emulated", lambda: None)  # the pilot path, on any CPU
     timer = FakeTimer({FP32: 64 / 144, CL: 64 / 155}, pilot=15.0)
     rt = resolve_runtime(cfg_with(), device="cpu", probe=lambda cfg: probe_step(cfg, timer=timer, impl="torch"))
     rt = decide_compile(rt, 470)
@@ -298,7 +298,7 @@ def test_real_probe_on_a_tiny_model_is_quick_and_sane(cache):
 
 
 def test_real_pilot_gives_a_ratio():
-    from model.training.probe import StepTimer
+    from model.training.runtime import StepTimer
 
     ratio = StepTimer({}, "torch").pilot()
     assert 0 < ratio < float("inf")

@@ -201,7 +201,7 @@ def test_overwrite_removes_the_earlier_run_and_nothing_else(tmp_path, capsys, ru
 
 
 def test_resume_and_overwrite_contradict(tmp_path):
-    from model.training.run_lock import check_fresh_run
+    from model.training.checkpoint import check_fresh_run
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--resume continues the run in .* and --overwrite replaces it: pick one"):
@@ -433,7 +433,7 @@ def test_preshard_images_refuses_an_empty_train_split_and_notes_an_empty_val(tmp
 
 
 def test_a_full_disk_under_python_m_model_names_its_output(tmp_path, capsys, monkeypatch, run_dir):
-    import model.training.artifacts as artifacts
+    import model.training.observe as artifacts
 
     def no_space(*args, **kwargs):  # PIL's write on an open file: no file name in the error
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from model.losses.kl import free_bits_kl, kl_floor_active, kl_per_dim
-from model.training import artifacts
-from model.training.schedules import beta_at, lr_at
+from model.training import observe as artifacts
+from model.training.step import beta_at, lr_at
 
 KW = dict(warmup_steps=0, total_steps=1, cycles=1, ratio=1.0)  # the arguments a schedule ignores
 

@@ -1,4 +1,4 @@
-"""Optional TensorBoard events (model/training/tensorboard_log.py, ``tensorboard: true``).
+"""Optional TensorBoard events (model/training/observe.py, ``tensorboard: true``).
 
 Events are read back with TensorBoard's own reader (EventAccumulator), so the tests check what
 TensorBoard would show: tags, steps, values, the image's pixels, the HPARAMS plugin data.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.training.tensorboard_log import TensorBoardLog, flatten
+from model.training.observe import TensorBoardLog, flatten
 from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def test_disabled_makes_nothing_and_imports_nothing(tmp_path):
     code = f"""
 import sys, torch
 from pathlib import Path
-from model.training.tensorboard_log import TensorBoardLog
+from model.training.observe import TensorBoardLog
 with TensorBoardLog(Path({str(tmp_path)!r}), enabled=False) as tb:
     tb.scalars(1, {{"loss": 1.0}}, "train")
     tb.images(1, "x", torch.rand(2, 3, 8, 8))
@@ -224,8 +224,8 @@ def test_gpu_util_is_per_log_interval():
     """train/gpu_util is the mean of its own log interval's samples; the epoch table keeps the epoch's mean."""
     from rich.console import Console
 
-    from model.training.gpu_util import GpuUtilSampler
-    from model.training.progress import EpochProgress
+    from model.training.observe import GpuUtilSampler
+    from model.training.observe import EpochProgress
 
     sampler = GpuUtilSampler()  # not started: the samples are put in by hand, as the thread would
     progress = EpochProgress(Console(quiet=True), 0, 1, 10)

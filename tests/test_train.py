@@ -125,7 +125,8 @@ def test_one_train_step_lowers_the_loss_on_a_fixed_batch(shards_dir):
     from kernels import vae_loss
     from model.training.runtime import resolve_runtime
     from model.training.config import read_config_file, validate
-    from model.training.train_step import TrainStep, make_loss_fn
+    from model.losses.objective import make_loss_fn
+    from model.training.step import TrainStep
     from model.vae import ConvVAE, VAEConfig
     from pipeline import make_loader
 
@@ -256,7 +257,9 @@ def test_compiled_step_matches_eager(monkeypatch):
     """torch.compile of the model and of the eager loss: same first-step loss and update as eager."""
     import contextlib
 
-    from model.training.train_step import TrainStep, make_loss_fn
+    from model.losses.objective import make_loss_fn
+
+    from model.training.step import TrainStep
     from model.vae import ConvVAE, VAEConfig
 
     import torch._inductor.config as inductor_config
@@ -293,7 +296,8 @@ def test_compile_mode_reaches_torch_compile(monkeypatch, mode, expected):
 
     from model.training.config import read_config_file, validate
     from model.training.runtime import resolve_runtime
-    from model.training.train_step import TrainStep, make_loss_fn
+    from model.losses.objective import make_loss_fn
+    from model.training.step import TrainStep
 
     seen = []
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None: seen.append(mode) or fn)

@@ -45,7 +45,9 @@ def _worker(rank: int, world: int, init_method: str, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from model.training.train_step import TrainStep, make_loss_fn
+    from model.losses.objective import make_loss_fn
+
+    from model.training.step import TrainStep
     from model.vae import ConvVAE, VAEConfig
 
     torch.set_num_threads(1)

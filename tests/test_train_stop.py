@@ -256,7 +256,7 @@ def test_kill_9_at_random_moments_then_resume(reference, shards_dir, tmp_path):
 ])
 def test_a_full_disk_keeps_the_last_checkpoint_and_names_the_file(shards_dir, tmp_path, capsys, monkeypatch, victim,
                                                                   failing_write, kept_step):
-    from model.training import disk_full
+    from model.training import checkpoint as disk_full
 
     real_write, writes = disk_full._write, []
     out = tmp_path / "run"
@@ -291,7 +291,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_names_the_file(shards_dir, tm
 
 
 def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
-    from model.training.run_lock import RunLock
+    from model.training.checkpoint import RunLock
     from pipeline.errors import ConfigError
 
     with RunLock(tmp_path / "run"):
@@ -313,7 +313,7 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
 def test_a_lock_of_another_host_is_refused_unless_broken(tmp_path, capsys):
     """flock succeeds, but the lock file names another host, whose locks this one may not see (NFS nolock,
     Lustre localflock): refused, naming that run, until train.py --break-lock."""
-    from model.training.run_lock import RunLock
+    from model.training.checkpoint import RunLock
     from pipeline.errors import ConfigError
 
     run = tmp_path / "run"
@@ -334,7 +334,7 @@ def test_a_lock_of_another_host_is_refused_unless_broken(tmp_path, capsys):
 def test_a_filesystem_without_locks_falls_back_to_the_pid(tmp_path, monkeypatch):
     import errno as errno_
 
-    from model.training import run_lock
+    from model.training import checkpoint as run_lock
     from pipeline.errors import ConfigError
 
     def no_locks(fd, op):

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
-from model.training import disk_full  # noqa: E402
+from model.training import checkpoint as disk_full  # noqa: E402
 
 
 def _pair(name: str) -> tuple[int, float] | None:

@@ -20,7 +20,7 @@ from model.losses.kl import kl_per_dim
 from model.metrics import (LatentStats, face_ellipse_mask, high_frequency_energy, iwae_log_weights, mse_per_image,
                            psnr, region_mse, ssim)
 from model.metrics.latent import LatentResult
-from model.training.evaluate import Failure, WorstK, worst_first
+from model.training.validate import Failure, WorstK, worst_first
 
 #: Failure modes shown in failure_modes.png: name → what its score is (largest first).
 MODES = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.training.evaluate import Failure
-from model.training.artifacts import pyplot, save_figure
-from model.use.pictures import plot_table
+from model.training.validate import Failure
+from model.training.observe import pyplot, save_figure
+from model.evaluation.pictures import plot_table
 
 #: Attributes drawn in evaluation.png's ratio panel (the worst ones; all of them are in the JSON).
 TOP_ATTRIBUTES = 15

@@ -19,7 +19,7 @@ from model.evaluation.figures import plot_evaluation, plot_failure_modes
 from model.evaluation.settings import EvalSettings
 from model.evaluation.summary import summarize
 from model.metrics.fid import PROTOCOL, fid_between, write_png_folder
-from model.training.disk_full import write_text
+from model.training.checkpoint import write_text
 from pipeline.parallel import ProgressBar
 
 #: Attributes that are something worn, not the face itself: the "accessory" failure mode.

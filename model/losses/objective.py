@@ -38,6 +38,23 @@ from model.losses.structural import check_scales, ms_ssim_loss, ssim_loss
 LOG_2PI = math.log(2 * math.pi)
 
 
+def make_loss_fn(impl: str, compile_eager: bool, *, unpacked: bool = False) -> Callable[..., Any]:
+    """The seed's loss, ``vae_loss`` bound to the resolved implementation, called as ``fn(out, x, beta)``
+    with the model's output (``unpacked``: as ``fn(logits, x, kl, beta)``). The eager reference is
+    compiled when asked (the Triton path is already one fused kernel). ``model.losses.Objective``
+    builds on it when config adds terms to the loss."""
+    from functools import partial
+
+    from kernels import vae_loss
+
+    fn = partial(vae_loss, logits=True, impl=impl)
+    if impl == "torch" and compile_eager:
+        fn = torch.compile(fn, dynamic=False)
+    if unpacked:
+        return fn
+    return lambda out, x, beta: fn(out.logits, x, out.kl, beta)
+
+
 class LossTerms(NamedTuple):
     """0-dim fp32 tensors: the total, mean SSE and mean KL per image, and the added terms by name."""
 
@@ -54,8 +71,6 @@ class Objective(nn.Module):
                  random_perceptual: bool = False, autocast: Callable[[], Any] = contextlib.nullcontext):
         super().__init__()
         self.autocast = autocast  # the VGG runs under the network's autocast
-        from model.training.train_step import make_loss_fn
-
         self.vae_loss = make_loss_fn(impl, compile_eager, unpacked=True)
         self.recon = cfg["recon"]
         self.free_bits = float(cfg["free_bits"])

@@ -1,2 +1,2 @@
-"""The trainer's helpers, one job per module; train.py wires them together top to bottom
+"""The trainer's helpers, one concept per module; train.py wires them together top to bottom
 (see ``model/__init__.py`` for the list)."""

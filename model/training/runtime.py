@@ -1,25 +1,43 @@
-"""Where and how training runs: device, torchrun/DDP ranks, AMP dtype, channels_last, compile.
+"""Where and how a run computes: device, ranks, AMP, channels_last, compile, and on CPU the timed
+probe of the step that decides the "auto" settings.
 
-Every "auto" in config.json is resolved here, once, into a :class:`Runtime` that train.py prints
-and saves; nothing else in the code looks at the hardware. On CUDA "auto" means bf16 (fp16 where
-bf16 is missing), channels_last and compile with CUDA graphs ("reduce-overhead"). On CPU, given a ``probe`` (train.py passes
-:func:`model.training.probe.probe_step`), amp and channels_last are what a short timing of the real
-step found fastest, and compile is decided by :func:`decide_compile` once the run's length is known;
-without one (or with ``VAE_NO_PROBE=1``) by the CPU-flag rule below. ``Runtime.note`` says which.
+Sections (each keeps the notes of the module it was):
+
+    runtime          device, torchrun/DDP ranks, AMP dtype, channels_last, compile: every "auto" resolved
+    probe            on CPU, a timing of the real step decides amp and channels_last, the run's length compile
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
-import os
+from dataclasses import asdict, dataclass, field
 from dataclasses import asdict, dataclass, field, replace
+import datetime
+import hashlib
+import json
+import os
 from pathlib import Path
+import sys
+import time
 from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.parallel import usable_cores
 
+
+# ====================================================================================================
+# runtime
+# Where and how training runs: device, torchrun/DDP ranks, AMP dtype, channels_last, compile.
+#
+# Every "auto" in config.json is resolved here, once, into a :class:`Runtime` that train.py prints
+# and saves; nothing else in the code looks at the hardware. On CUDA "auto" means bf16 (fp16 where
+# bf16 is missing), channels_last and compile with CUDA graphs ("reduce-overhead"). On CPU, given a ``probe`` (train.py passes
+# :func:`model.training.runtime.probe_step`), amp and channels_last are what a short timing of the real
+# step found fastest, and compile is decided by :func:`decide_compile` once the run's length is known;
+# without one (or with ``VAE_NO_PROBE=1``) by the CPU-flag rule below. ``Runtime.note`` says which.
+# ====================================================================================================
 PROBE_OFF_ENV = "VAE_NO_PROBE"  # "1": no probe of the step; CPU "auto" follows the CPU-flag rule
 
 
@@ -36,7 +54,7 @@ class Runtime:
     compile_mode: str = "default"  # torch.compile mode when compile is on (config key compile_mode)
     chosen_by: dict[str, str] = field(default_factory=dict)  # each "auto" setting → what decided it
     note: str = ""  # one line for the run header: how the "auto" settings were decided
-    probe: Any = None  # model.training.probe.ProbeResult when a probe of the step decided
+    probe: Any = None  # model.training.runtime.ProbeResult when a probe of the step decided
     resumed_compile: bool | None = None  # a resumed run's compile "auto" as its start decided it (decide_compile)
 
     @property
@@ -60,7 +78,7 @@ class Runtime:
 
     @property
     def step_compile_mode(self) -> str | None:
-        """The torch.compile mode of the training step (:class:`model.training.train_step.TrainStep`), or
+        """The torch.compile mode of the training step (:class:`model.training.step.TrainStep`), or
         None when compile is off. "reduce-overhead" replays the step as CUDA graphs: at this model's size
         the step is launch-bound otherwise (bench.train_step measures every mode)."""
         return self.compile_mode if self.compile else None
@@ -145,7 +163,7 @@ def resolve_runtime(cfg: dict[str, Any], rank: int = 0, local_rank: int = 0, wor
                     probe: Callable[[dict[str, Any]], Any] | None = None) -> Runtime:
     """Turn the config's "auto" values into concrete choices for this machine.
 
-    ``probe(cfg)``, when given, times the step on CPU (:func:`model.training.probe.probe_step`); it runs on
+    ``probe(cfg)``, when given, times the step on CPU (:func:`model.training.runtime.probe_step`); it runs on
     rank 0 only and every rank takes its answer. Compile "auto" on CPU is then left off until
     :func:`decide_compile` knows the run's length."""
     if device is None:
@@ -292,3 +310,333 @@ def from_rank0(make: Callable[[], Any], rank: int, world_size: int) -> Any:
     if isinstance(box[0], Exception):
         raise box[0]
     return box[0]
+
+
+# ====================================================================================================
+# probe
+# On CPU, "auto" for amp and channels_last is decided by timing the real training step, and compile by
+# whether the planned run is long enough to pay its compile time back.
+#
+#     probe_step(cfg)  →  ProbeResult: the fastest of the candidate settings, with its eager s/step
+#     result.compile_verdict(planned_steps)  →  (on, why): saving = steps × s/step × (1 − 1/speed-up)
+#                                               must exceed COMPILE_MARGIN × compile cost
+#
+# Candidates: fp32 contiguous, fp32 channels_last, and bf16 autocast + channels_last only where bf16 can
+# be fast, which three guards decide, cheapest first: an x86 CPU without avx512_bf16/amx_bf16 has no bf16
+# arithmetic (oneDNN emulates it: on the project's AVX2 machine a bf16 step is 7–15× slower, seconds at
+# batch 64), so bf16 is not timed there at all; elsewhere a pilot (a convolution and a transposed
+# convolution, forward and backward, at batch 4: ~0.3 s) drops it when bf16 is BF16_PILOT_MAX× slower
+# than fp32, and a bf16 candidate whose first step is BF16_FIRST_MAX× slower than fp32's is dropped then.
+# Each candidate is the run's own model, objective, AdamW and ``TrainStep`` on random images of the
+# run's batch and image size: one warm-up step, then up to three timed rounds that alternate between
+# the candidates (so a neighbour's load hits all of them alike), the fastest per candidate, stopping early
+# when the next round would pass BUDGET_S. Settings fixed in the config are held in every candidate.
+#
+# torch.compile is not timed by default (about a minute here): its cost and speed-up are the constants
+# below, measured on this project's 2-core CPU machine, unless ``VAE_PROBE_COMPILE=1`` asks to measure
+# them once on this machine (kept in the same cache file).
+#
+# Results are cached per machine and per probe input (CPU model and bf16/AVX flags, usable cores and
+# torch threads, torch version, batch and image size, network shape, loss terms, fixed settings) as
+# JSON in ``$VAE_PROBE_CACHE`` or ``$XDG_CACHE_HOME/celeba-vae/probe`` (``~/.cache/...``): a later run
+# with the same inputs reads it and does not probe, so a resumed run repeats its start's choices
+# (delete the file to measure again, e.g. after a probe the run header marked "busy machine": other
+# work kept the CPU busy, load average ≥ cores, while it timed). ``VAE_NO_PROBE=1`` turns the probe off (CPU
+# "auto" then follows the CPU-flag rule of :func:`model.training.runtime.resolve_runtime`).
+# ====================================================================================================
+PROBE_VERSION = 1
+ENV_CACHE, ENV_COMPILE = "VAE_PROBE_CACHE", "VAE_PROBE_COMPILE"
+BUDGET_S = 4.0  # timed rounds stop when the next one would end past this (warm-up and pilot included)
+MAX_ROUNDS = 3
+SWITCH_GAIN = 1.03  # another setting must be this much faster than the first candidate (noise guard)
+BF16_PILOT_MAX = 1.5  # bf16 pilot / fp32 pilot above this: bf16 is emulated, not probed further
+BF16_FIRST_MAX = 3.0  # bf16's first step / fp32's first step above this: dropped after one step
+# torch.compile on CPU, measured on the project's 2-core "AMD EPYC" (AVX2, no AVX-512), torch 2.13.0+cpu,
+# default config at batch 64. Speed-up over the best eager setting: the issue's eager channels_last 155
+# vs compiled 160 images/s (re-measured here 1.0–1.2 depending on the neighbours' load).
+# Cost: first two compiled steps minus two compiled ones, with an empty inductor cache
+# (`TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) VAE_PROBE_COMPILE=1 python train.py ...`): 34 s for the network
+# alone, 49 s with the loss compiled too, which is what the step compiles (one graph, network and loss).
+# With the inductor cache warm (the same shapes compiled before on this machine) it is ~3 s; the
+# constant keeps the cold figure.
+COMPILE_SPEEDUP = 160 / 155
+COMPILE_COST_S = 49.0
+COMPILE_MARGIN = 1.5  # compile only when the saving exceeds its cost by this factor (constants are rough)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    amp: str  # "off" | "bf16"
+    channels_last: bool
+
+    @property
+    def label(self) -> str:
+        if self.amp == "off":
+            return "channels_last" if self.channels_last else "fp32"
+        return "bf16" + ("" if self.channels_last else " contiguous")
+
+
+class Timer(Protocol):
+    """What the probe measures with (tests pass a fake): seconds of one step, and the bf16 pilot ratio."""
+
+    def step(self, c: Candidate) -> float: ...
+    def pilot(self) -> float: ...
+    def compile_cost(self, c: Candidate) -> tuple[float, float]: ...
+
+
+@dataclass
+class ProbeResult:
+    amp: str
+    channels_last: bool
+    step_s: float  # eager seconds per step of the chosen setting
+    batch_size: int
+    images_per_s: dict[str, float] = field(default_factory=dict)  # candidate → measured images/s
+    skipped: dict[str, str] = field(default_factory=dict)  # candidate → why it was not timed
+    probe_s: float = 0.0  # wall time of the probe when it ran
+    busy: str = ""  # "load 3.3 on 2 cores" when other work kept the CPU busy while probing (timings suspect)
+    compile_cost_s: float = COMPILE_COST_S
+    compile_speedup: float = COMPILE_SPEEDUP
+    compile_source: str = "constant"  # "constant" | "measured"
+    compile_margin: float = COMPILE_MARGIN
+    cache_file: str = ""
+    cached: bool = False  # read from the cache: this run did not probe
+
+    def describe(self) -> str:
+        """One line for the run header: what was measured and what it chose."""
+        how = f"cached probe ({self.cache_file})" if self.cached else f"probe {self.probe_s:.1f} s"
+        how += f" (busy machine: {self.busy})" if self.busy else ""
+        timed = ", ".join(f"{k} {v:.0f}" for k, v in self.images_per_s.items())
+        skipped = "".join(f", {k} skipped ({why})" for k, why in self.skipped.items())
+        return (f"{how} at batch {self.batch_size}: {timed} images/s{skipped} → amp {self.amp}, "
+                f"channels_last {'on' if self.channels_last else 'off'}")
+
+    def compile_verdict(self, planned_steps: int) -> tuple[bool, str]:
+        """Whether compiling pays back over ``planned_steps``, and the arithmetic in words."""
+        saving = max(planned_steps, 0) * self.step_s * (1 - 1 / self.compile_speedup)
+        need = self.compile_cost_s * self.compile_margin
+        on = saving > need
+        return on, (f"compile {'on' if on else 'off'} ({max(planned_steps, 0):,} steps save {saving:.0f} s "
+                    f"{'>' if on else '≤'} {self.compile_margin:g} × compile cost {self.compile_cost_s:.0f} s, "
+                    f"{self.compile_source})")
+
+
+# ---------------------------------------------------------------------------------------------- choice
+def candidates(amp: str, channels_last: str | bool) -> tuple[list[Candidate], list[Candidate]]:
+    """(fp32 candidates, bf16 candidates) for the config's values ("auto" or fixed)."""
+    layouts = [False, True] if channels_last == "auto" else [bool(channels_last)]
+    fp32 = [Candidate("off", cl) for cl in layouts] if amp in ("auto", "off") else []
+    # bf16 goes with channels_last (oneDNN's bf16 convolutions want NHWC) unless the config says otherwise
+    bf16 = [Candidate("bf16", True if channels_last == "auto" else bool(channels_last))] if amp in ("auto", "bf16") else []
+    return fp32, bf16
+
+
+def bf16_emulated() -> str | None:
+    """Why bf16 cannot be fast on this CPU without timing it (an x86 without bf16 instructions), or None."""
+    import platform
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return "no avx512_bf16/amx_bf16" if x86 and not cpu_has_native_bf16() else None
+
+
+def run_probe(timer: Timer, amp: str, channels_last: str | bool, batch_size: int, *, no_bf16: str | None = None,
+              budget_s: float = BUDGET_S, clock: Callable[[], float] = time.perf_counter) -> ProbeResult:
+    """Time the candidates with ``timer`` and choose; pure apart from ``timer`` and ``clock``. ``no_bf16``:
+    why amp "auto" need not time bf16 here (see :func:`bf16_emulated`)."""
+    t0 = clock()
+    fp32, bf16 = candidates(amp, channels_last)
+    skipped: dict[str, str] = {}
+    if fp32 and bf16 and no_bf16:  # amp "auto" on a CPU without bf16 arithmetic
+        skipped, bf16 = {c.label: no_bf16 for c in bf16}, []
+    if fp32 and bf16:  # amp "auto": bf16 only where it can be fast
+        ratio = timer.pilot()
+        if ratio > BF16_PILOT_MAX:
+            skipped = {c.label: f"pilot {ratio:.0f}× slower" for c in bf16}
+            bf16 = []
+    first = {c: timer.step(c) for c in fp32 + bf16}  # warm-up: allocations, oneDNN primitives
+    if fp32:
+        for c in bf16:
+            if (ratio := first[c] / min(first[x] for x in fp32)) > BF16_FIRST_MAX:
+                skipped[c.label] = f"1st step {ratio:.0f}× slower"
+                bf16.remove(c)
+    timed = fp32 + bf16
+    times: dict[Candidate, list[float]] = {c: [] for c in timed}
+    while True:
+        t_round = clock()
+        for c in timed:
+            times[c].append(timer.step(c))
+        now = clock()
+        if len(times[timed[0]]) >= MAX_ROUNDS or now + (now - t_round) - t0 > budget_s:
+            break
+    step_s = {c: min(ts) for c, ts in times.items()}  # a busy neighbour only ever adds time: the fastest is truest
+    best = timed[0]  # the first candidate (fp32 contiguous when free) unless another is clearly faster
+    for c in timed[1:]:
+        if step_s[c] * SWITCH_GAIN < step_s[best]:
+            best = c
+    return ProbeResult(best.amp, best.channels_last, step_s[best], batch_size,
+                       {c.label: batch_size / s for c, s in step_s.items()}, skipped, clock() - t0)
+
+
+# ---------------------------------------------------------------------------------------------- timer
+class StepTimer:
+    """The real thing: the run's model, objective, optimizer and ``TrainStep`` per candidate, on CPU."""
+
+    def __init__(self, cfg: dict[str, Any], impl: str):
+        self.cfg, self.impl = cfg, impl
+        import torch._dynamo  # noqa: F401  (AdamW imports it, ~2 s, in every run anyway: not the probe's time)
+        self._steps: dict[Candidate, Callable[[], Any]] = {}
+
+    def _harness(self, c: Candidate, compile_: bool = False) -> Callable[[], Any]:
+        from model.losses.objective import Objective
+        from model.training.step import build_model
+        from model.training.step import TrainStep, make_optimizer
+        from model.vae import VAEConfig
+
+        cfg = self.cfg
+        mode = "default" if cfg["compile_mode"] == "auto" else cfg["compile_mode"]
+        rt = Runtime(torch.device("cpu"), 0, 0, 1, c.amp, c.channels_last, compile_, False, mode)
+        raw, model = build_model(VAEConfig.from_dict(cfg), rt, self.impl)
+        # Perceptual terms time an untrained VGG of the same shape (the run checks its weights file itself).
+        loss_fn = Objective(cfg, impl=self.impl, random_perceptual=True, autocast=rt.autocast)
+        params = list(raw.parameters()) + loss_fn.trainable()
+        optimizer = make_optimizer([{"params": params}], cfg, rt.device)
+        step = TrainStep(model, loss_fn, optimizer, rt.grad_scaler(), device=rt.device, autocast=rt.autocast,
+                         grad_clip=cfg["grad_clip"], params=params, lr_table=[cfg["lr"]], beta_table=[1.0],
+                         compile_mode=rt.step_compile_mode)
+        side = cfg["image_size"]
+        x = torch.rand(cfg["batch_size"], 3, side, side)
+        x = x.contiguous(memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
+        return lambda: step(x)
+
+    def step(self, c: Candidate) -> float:
+        if c not in self._steps:
+            self._steps[c] = self._harness(c)
+        t0 = time.perf_counter()
+        self._steps[c]()
+        return time.perf_counter() - t0
+
+    def pilot(self) -> float:
+        """bf16 / fp32 time of a conv + transposed conv, forward and backward, at batch 4: after one
+        warm-up call each, four calls alternating between the two, best of each (≈ 0.3 s on AVX2)."""
+        import contextlib
+
+        conv = torch.nn.Conv2d(64, 128, 4, 2, 1).to(memory_format=torch.channels_last)
+        deconv = torch.nn.ConvTranspose2d(128, 64, 4, 2, 1).to(memory_format=torch.channels_last)
+        x = torch.rand(4, 64, 16, 16).contiguous(memory_format=torch.channels_last)
+        modes = {"fp32": contextlib.nullcontext, "bf16": lambda: torch.autocast("cpu", torch.bfloat16)}
+        times: dict[str, list[float]] = {name: [] for name in modes}
+        for _ in range(5):
+            for name, ctx in modes.items():
+                t0 = time.perf_counter()
+                with ctx():
+                    y = deconv(torch.relu(conv(x)))
+                y.float().square().mean().backward()
+                times[name].append(time.perf_counter() - t0)
+        return min(times["bf16"][1:]) / min(times["fp32"][1:])
+
+    def compile_cost(self, c: Candidate) -> tuple[float, float]:
+        """(seconds that compiling adds to the first steps, compiled seconds per step) of ``c``."""
+        torch._dynamo.reset()
+        try:
+            step = self._harness(c, compile_=True)
+            t0 = time.perf_counter()
+            step(), step()
+            first_two = time.perf_counter() - t0
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                step()
+                ts.append(time.perf_counter() - t0)
+            compiled = min(ts)
+            return max(first_two - 2 * compiled, 0.0), compiled
+        finally:
+            torch._dynamo.reset()  # the run compiles its own model from scratch
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def cache_dir() -> Path:
+    """Where results are kept: $VAE_PROBE_CACHE, else $XDG_CACHE_HOME/celeba-vae/probe (~/.cache/...)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "celeba-vae" / "probe"
+
+
+def fingerprint(cfg: dict[str, Any], impl: str) -> dict[str, Any]:
+    """Everything the probe's answer depends on: the machine, torch, and what shapes the step."""
+    keys = ("batch_size", "image_size", "channels", "latent_dim", "kernel_size", "res_blocks", "recon",
+            "free_bits", "perceptual_weight", "perceptual_network", "perceptual_layers", "ssim_weight",
+            "ssim_scales", "grad_clip", "amp", "channels_last", "compile_mode")
+    return {"probe": PROBE_VERSION, "cpu": cpu_name(), "flags": cpu_flags(), "cores": usable_cores(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "loss_impl": impl,
+            **{k: cfg.get(k) for k in keys}}
+
+
+def busy_machine() -> str:
+    """"load L on N cores" when the last minute's load average reaches the usable cores (other work
+    competes with the probe), else "" (also where there is no load average)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return ""
+    return f"load {load:.1f} on {usable_cores()} cores" if load >= usable_cores() else ""
+
+
+def cache_key(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_cached(path: Path) -> ProbeResult | None:
+    """The cached result at ``path``, or None (absent; unreadable: with a one-line notice)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        result = ProbeResult(**data["result"])
+        if not isinstance(result.step_s, (int, float)) or result.step_s <= 0:
+            raise ValueError("no step time")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"notice: ignoring the unreadable probe cache {path} ({type(err).__name__}: {err}); probing again",
+              file=sys.stderr)
+        return None
+    result.cached, result.cache_file = True, str(path)
+    return result
+
+
+def write_cached(path: Path, result: ProbeResult, fp: dict[str, Any]) -> None:
+    from model.training.checkpoint import atomic_write
+
+    data = {"fingerprint": fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "result": {**asdict(result), "cached": False, "cache_file": ""}}
+    try:
+        atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+    except OSError as err:  # a full or read-only cache folder costs a probe next time, not the run
+        print(f"notice: could not write the probe cache {path} ({err}); the next run probes again", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def probe_step(cfg: dict[str, Any], *, timer: Timer | None = None, impl: str | None = None) -> ProbeResult:
+    """The CPU probe for ``cfg`` (its "auto" values are probed, fixed ones held): from the cache when
+    this machine has answered it before, else measured (a few seconds) and cached. With
+    ``VAE_PROBE_COMPILE=1`` the compile cost and speed-up are measured too, once, and cached with it."""
+    if impl is None:
+        from kernels import resolve_impl
+
+        impl = resolve_impl(cfg["loss_impl"], "cpu")
+    fp = fingerprint(cfg, impl)
+    path = cache_dir() / f"{cache_key(fp)}.json"
+    want_compile = os.environ.get(ENV_COMPILE, "") not in ("", "0") and cfg["compile"] == "auto"
+    result = read_cached(path)  # kept once written: a resumed run makes the same choices as its start
+    if result is not None and not (want_compile and result.compile_source != "measured"):
+        return result
+    timer = timer or StepTimer(cfg, impl)
+    with torch.random.fork_rng(devices=[]):  # the run's random streams do not see the probe
+        if result is None:
+            busy = busy_machine()  # before the probe's own load adds to it
+            result = run_probe(timer, cfg["amp"], cfg["channels_last"], cfg["batch_size"], no_bf16=bf16_emulated())
+            result.busy = busy
+        if want_compile:
+            cost, compiled_s = timer.compile_cost(Candidate(result.amp, result.channels_last))
+            result.compile_cost_s, result.compile_speedup = cost, result.step_s / compiled_s
+            result.compile_source = "measured"
+    result.cached, result.cache_file = False, str(path)
+    write_cached(path, result, fp)
+    return result

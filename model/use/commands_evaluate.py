@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from model.use.loading import Trained
-from model.use.outputs import check_folder, print_written
+from model.evaluation.outputs import check_folder, print_written
 from pipeline.errors import ConfigError
 
 #: option → EvalSettings field

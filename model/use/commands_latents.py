@@ -20,9 +20,9 @@ from model.use.directions import (FILE_NAME, Directions, compute_directions, loa
                                   resolve_name, save_directions)
 from model.use.faces import encode_split, named_faces
 from model.use.loading import Trained
-from model.use.outputs import check_folder, print_written, write_atomic, write_each
+from model.evaluation.outputs import check_folder, print_written, write_atomic, write_each
 from model.use.replaceable import check_replaceable
-from model.use.pictures import plot_table
+from model.evaluation.pictures import plot_table
 from pipeline.errors import ConfigError
 
 

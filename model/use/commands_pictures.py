@@ -15,8 +15,8 @@ from rich.table import Table
 from model.use import latent
 from model.use.faces import first_samples, named_faces
 from model.use.loading import Trained
-from model.use.outputs import check_folder, print_written, write_atomic, write_each, write_gif
-from model.use.pictures import chunked, plot_table
+from model.evaluation.outputs import check_folder, print_written, write_atomic, write_each, write_gif
+from model.evaluation.pictures import chunked, plot_table
 from pipeline.errors import ConfigError
 
 #: Faces per row of a reconstruction table (inputs, then their reconstructions below).
@@ -48,7 +48,7 @@ def summary(args: argparse.Namespace, trained: Trained, console: Console) -> int
 
 def sample(args: argparse.Namespace, trained: Trained, console: Console) -> int:
     """A grid of decoded prior samples (and one PNG per sample with ``--each``)."""
-    from model.training.artifacts import plot_samples
+    from model.training.observe import plot_samples
 
     if not args.temperature > 0:
         raise ConfigError(f"--temperature must be > 0, got {args.temperature}")

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from model.use.outputs import write_atomic
+from model.evaluation.outputs import write_atomic
 from pipeline.errors import ConfigError
 
 FORMAT = "celeba-vae-attributes/1"

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from model.training.checkpoint import FORMAT, load_model_state
-from model.training.checkpoint_file import check_archive, load_failed
+from model.training.checkpoint import check_archive, load_failed
 from model.use.directions import FILE_NAME
-from model.use.outputs import check_file
+from model.evaluation.outputs import check_file
 from model.use.replaceable import check_replaceable
 from model.vae import ConvVAE, VAEConfig
 from pipeline.errors import ConfigError, DataError

@@ -1,60 +1,56 @@
-"""The optimisation step, built for the GPU: nothing in it waits for the device.
+"""The optimisation step and what it is built from: the network as a run places it (build_model),
+the learning-rate and KL schedules (lr_at, beta_at), and TrainStep, the step itself, built for the GPU.
 
-    step = TrainStep(model, loss_fn, optimizer, scaler, rt=rt, ...)
-    step(x)                  # forward + loss, backward, clip, AdamW, NaN watch, log sums: all queued
-    step.read_logs()         # at a log point only: exact means since the last read (one host read)
+Sections (each keeps the notes of the module it was):
 
-Kept apart from train.py so that the probe, the benchmarks, the DDP check and the tests run the very
-step the trainer runs.
-
-What stays on the device between log points: the step counter, the learning rate and β (read from
-schedule tables indexed by that counter, so neither a schedule nor a changing value recompiles
-anything or copies from the host), the first step whose loss was NaN/inf, and the sums of every
-logged value. On CUDA with compile on, the step is three CUDA graphs under ``reduce-overhead``:
-
-1. forward + loss (the fused Triton kernels are ``triton_op``s, so Inductor sees them in the graph);
-2. its backward (AOTAutograd's; the autograd engine launches it, outside Dynamo, hence a graph of
-   its own);
-3. the update's preparation: gradient clipping, the NaN watch, the log sums, this step's lr and the
-   next step's β.
-
-Outside any graph, per step: ``zero_grad(set_to_none=True)`` (Python only: the backward graph
-writes fresh gradients), the call of ``backward()`` and the fused AdamW step, which torch itself
-keeps out of Dynamo (``torch.compiler.disable``: "don't trace into fused optimizer"); it is one
-multi-tensor kernel launch per few dozen parameter tensors, reading lr from the device. With fp16 (GPUs without bf16) the update runs
-eagerly: GradScaler keeps Python-side state per step that a graph would freeze. On CPU the update is
-eager too (no launch cost to remove) and AdamW keeps ``foreach`` with a host learning rate (the
-foreach kernels take a tensor lr only with ``capturable``, which CPUs lack).
+    train_step       the step, built for the GPU: nothing in it waits for the device
+    build            the network as a run uses it: from config, on the device, in DDP
+    schedules        the learning rate and the KL weight β as plain functions of the step
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from model.vae import ConvVAE, VAEConfig
 from pipeline.errors import UserError
 
 
+# ====================================================================================================
+# train_step
+# The optimisation step, built for the GPU: nothing in it waits for the device.
+#
+#     step = TrainStep(model, loss_fn, optimizer, scaler, rt=rt, ...)
+#     step(x)                  # forward + loss, backward, clip, AdamW, NaN watch, log sums: all queued
+#     step.read_logs()         # at a log point only: exact means since the last read (one host read)
+#
+# Kept apart from train.py so that the probe, the benchmarks, the DDP check and the tests run the very
+# step the trainer runs.
+#
+# What stays on the device between log points: the step counter, the learning rate and β (read from
+# schedule tables indexed by that counter, so neither a schedule nor a changing value recompiles
+# anything or copies from the host), the first step whose loss was NaN/inf, and the sums of every
+# logged value. On CUDA with compile on, the step is three CUDA graphs under ``reduce-overhead``:
+#
+# 1. forward + loss (the fused Triton kernels are ``triton_op``s, so Inductor sees them in the graph);
+# 2. its backward (AOTAutograd's; the autograd engine launches it, outside Dynamo, hence a graph of
+#    its own);
+# 3. the update's preparation: gradient clipping, the NaN watch, the log sums, this step's lr and the
+#    next step's β.
+#
+# Outside any graph, per step: ``zero_grad(set_to_none=True)`` (Python only: the backward graph
+# writes fresh gradients), the call of ``backward()`` and the fused AdamW step, which torch itself
+# keeps out of Dynamo (``torch.compiler.disable``: "don't trace into fused optimizer"); it is one
+# multi-tensor kernel launch per few dozen parameter tensors, reading lr from the device. With fp16 (GPUs without bf16) the update runs
+# eagerly: GradScaler keeps Python-side state per step that a graph would freeze. On CPU the update is
+# eager too (no launch cost to remove) and AdamW keeps ``foreach`` with a host learning rate (the
+# foreach kernels take a tensor lr only with ``capturable``, which CPUs lack).
+# ====================================================================================================
 class TrainingDiverged(UserError):
     """The loss became NaN or inf; the run stops and the last good checkpoint is kept."""
-
-
-def make_loss_fn(impl: str, compile_eager: bool, *, unpacked: bool = False) -> Callable[..., Any]:
-    """The seed's loss, ``vae_loss`` bound to the resolved implementation, called as ``fn(out, x, beta)``
-    with the model's output (``unpacked``: as ``fn(logits, x, kl, beta)``). The eager reference is
-    compiled when asked (the Triton path is already one fused kernel). ``model.losses.Objective``
-    builds on it when config adds terms to the loss."""
-    from functools import partial
-
-    from kernels import vae_loss
-
-    fn = partial(vae_loss, logits=True, impl=impl)
-    if impl == "torch" and compile_eager:
-        fn = torch.compile(fn, dynamic=False)
-    if unpacked:
-        return fn
-    return lambda out, x, beta: fn(out.logits, x, out.kl, beta)
 
 
 def optimizer_options(device: torch.device) -> dict[str, Any]:
@@ -101,7 +97,7 @@ class LossModule(nn.Module):
 
 class TrainStep:
     """One optimisation step (see the module docstring). ``lr_table``/``beta_table`` hold the
-    schedules' value at every step of the run (:mod:`model.training.schedules`), ``start_step`` is
+    schedules' value at every step of the run (:mod:`model.training.step`), ``start_step`` is
     where this process begins (a resumed run's checkpoint step)."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable[..., Any], optimizer: torch.optim.Optimizer,
@@ -303,3 +299,101 @@ class Cadence:
 
     def checkpointed(self) -> None:
         self.since_checkpoint = 0.0
+
+
+# ====================================================================================================
+# build
+# The network as a run uses it: built from config, placed on the device in the run's memory format,
+# wrapped in DDP as the runtime says. train.py and the train-step benchmark both
+# build it here, so what the benchmark measures is what training runs.
+# ====================================================================================================
+def build_model(vae_cfg: VAEConfig, rt: "Runtime", loss_impl: str) -> tuple[ConvVAE, nn.Module]:
+    """(raw, model): ``raw`` is the ConvVAE itself (checkpoints, evaluation, pictures); ``model`` is
+    what the training step calls (``raw``, under DDP when distributed). The step compiles it together
+    with the loss (:class:`model.training.step.TrainStep`)."""
+    raw = ConvVAE(vae_cfg, loss_impl=loss_impl)
+    if rt.sync_batchnorm:
+        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    raw = raw.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
+    model: nn.Module = raw
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(raw, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    return raw, model
+
+
+# ====================================================================================================
+# schedules
+# The schedules of a run: the learning rate and the KL weight β, as plain functions of the step.
+#
+# Both are pure (no state, no device): train.py asks for the value at each step, so a resumed run gets
+# exactly the values it would have had, and tests can check them against their formulas.
+#
+#     lr_at      linear warm-up, then constant or cosine decay (``lr_schedule``)
+#     beta_at    KL weight: linear warm-up, constant, or cyclical (``kl_schedule``); config_beta_at
+#                the same with the settings read from a run config
+# ====================================================================================================
+BETA_SCHEDULES = ("linear", "cyclical", "constant")
+
+
+def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
+    """Linear warm-up to ``lr``, then constant or cosine decay to ``lr·min_lr_ratio`` at ``total_steps``."""
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def cycle_start(step: int, *, total_steps: int, cycles: int) -> int:
+    """First step of the cycle that ``step`` (0-based) lies in: cycle c starts at ⌊c·T/M⌋.
+
+    Integer arithmetic (no float rounding): c is the largest c < M with ⌊c·T/M⌋ ≤ step. Steps at or
+    past ``total_steps`` stay in the last cycle.
+    """
+    total = max(1, total_steps)
+    c = min(cycles - 1, ((step + 1) * cycles - 1) // total)
+    return c * total // cycles
+
+
+def config_beta_at(step: int, cfg: dict, total_steps: int) -> float:
+    """:func:`beta_at` with the schedule's settings read from a run's config (train.py's loop, the β panel)."""
+    return beta_at(step, beta=cfg["beta"], schedule=cfg["kl_schedule"], warmup_steps=cfg["kl_warmup_steps"],
+                   total_steps=total_steps, cycles=cfg["kl_cycles"], ratio=cfg["kl_ratio"])
+
+
+def beta_at(step: int, *, beta: float, schedule: str, warmup_steps: int, total_steps: int, cycles: int,
+            ratio: float) -> float:
+    """The KL weight β at ``step`` (0-based) of a run of ``total_steps`` steps.
+
+    ``linear``    β = beta·min(1, step / warmup_steps): a ramp from 0 at step 0 to ``beta`` at
+                  ``warmup_steps``, then ``beta`` (``warmup_steps`` 0: ``beta`` throughout).
+    ``constant``  β = beta at every step (``warmup_steps`` ignored).
+    ``cyclical``  Fu et al. 2019, "Cyclical Annealing Schedule: A Simple Approach to Mitigating KL
+                  Vanishing" (NAACL), with the linear ramp f(τ) = τ/R: the T = ``total_steps`` steps
+                  are split into M = ``cycles`` cycles of length L = T/M; within a cycle
+
+                      τ = (step mod L) / L,        β = beta · min(1, τ / R),   R = ``ratio``,
+
+                  so β rises linearly from 0 over the first R·L steps of each cycle and then holds
+                  ``beta`` to the cycle's end. When M does not divide T, cycle c starts at the integer
+                  step ⌊c·L⌋ and ``step mod L`` means ``step − ⌊c·L⌋`` (as in the authors' reference
+                  code, ``frange_cycle_linear`` in github.com/haofuml/cyclical_annealing): the first
+                  step of every cycle has β = 0 exactly. When M divides T this is the formula as written.
+    """
+    if schedule == "constant":
+        return beta
+    if schedule == "linear":
+        if warmup_steps <= 0:
+            return beta
+        return beta * min(1.0, step / warmup_steps)
+    if schedule == "cyclical":
+        if cycles < 1 or not 0 < ratio <= 1:
+            raise ValueError(f"cyclical KL schedule needs cycles >= 1 and ratio in (0, 1], got {cycles}, {ratio}")
+        total = max(1, total_steps)
+        tau = (step - cycle_start(step, total_steps=total, cycles=cycles)) * cycles / total  # (step mod L) / L
+        return beta * min(1.0, tau / ratio)
+    raise ValueError(f"unknown KL schedule {schedule!r}; expected one of {', '.join(BETA_SCHEDULES)}")

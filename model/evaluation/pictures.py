@@ -1,6 +1,6 @@
 """Labelled tables of faces: interpolation strips, reconstructions with their error, edit grids.
 
-The run directory's pictures (model/training/artifacts.py) have fixed layouts; the commands need
+The run directory's pictures (model/training/observe.py) have fixed layouts; the commands need
 rows and columns that each carry a label (a key and its MSE, an attribute and its amount). The
 table is composed directly with PIL, each face enlarged ``SCALE``× without smoothing (the model's
 own pixels) and the labels set in matplotlib's DejaVu Sans (it has μ, →, −): a table of hundreds of
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from model.use.outputs import to_uint8, write_atomic
+from model.evaluation.outputs import to_uint8, write_atomic
 
 Cell = torch.Tensor | None  # 3×H×W in [0, 1], or an empty cell
 #: Each face is shown SCALE× its size, PAD pixels apart; labels and titles use these font sizes.
