@@ -1,8 +1,9 @@
 """Every Triton kernel builds for the H100 (sm_90), checked without a GPU.
 
 The interpreter tests check the kernels' values; these check that Triton's real compiler (down to
-ptxas) accepts every launch the wrappers make. They run in a subprocess because the test session
-sets TRITON_INTERPRET=1, under which @triton.jit builds interpreter objects instead.
+ptxas) accepts every launch the wrappers make (the fast tier, ``-m "not slow"``: one launch of each
+kernel). They run in a subprocess because the test session sets TRITON_INTERPRET=1, under which
+@triton.jit builds interpreter objects instead.
 """
 from __future__ import annotations
 
@@ -41,6 +42,17 @@ def test_every_kernel_launch_compiles_for_sm90(tmp_path):
     assert {r["args"]["HAS_EPS"] for r in records if r["kernel"] == "_reparam_kl_fwd_kernel"} == {True, False}
 
 
+def test_one_launch_of_each_kernel_compiles_for_sm90_then_sm80(tmp_path):
+    """The fast tier's share of the check above: each kernel once, for two architectures in one process
+    (each must get its own build: a record built for another architecture is an error)."""
+    out = tmp_path / "launches.json"
+    done = _python("-m", "kernels.cuda_compile", "--quick", "--arch", "90", "--arch", "80", "--json", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = json.loads(out.read_text())
+    assert not [r for r in records if "error" in r]
+    assert sorted((r["kernel"], r["arch"]) for r in records) == sorted((k, a) for k in KERNELS for a in (90, 80))
+
+
 _LOOP_TYPE_BUG = textwrap.dedent("""
     import triton
     import triton.language as tl
@@ -56,6 +68,7 @@ _LOOP_TYPE_BUG = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_kernel_only_the_interpreter_accepts_is_reported(tmp_path):
     """The check can fail where the interpreter tests pass: a loop-carried variable that changes type."""
     (tmp_path / "loop_type_bug.py").write_text(_LOOP_TYPE_BUG)
@@ -81,6 +94,7 @@ def test_a_kernel_only_the_interpreter_accepts_is_reported(tmp_path):
     assert "Loop-carried variable acc" in compiled.stdout
 
 
+@pytest.mark.slow
 def test_each_architecture_gets_its_own_build(tmp_path):
     """Triton caches a kernel's builds per device: sm_80 after sm_90 must be built for sm_80."""
     (tmp_path / "copy_kernel.py").write_text(textwrap.dedent("""
