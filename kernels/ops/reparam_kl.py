@@ -15,12 +15,11 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from ..checks import acc_dtype, inner_contiguous
 from ..errors import KernelInputError
 from ..impl import interpreting
-from .utils import Launcher, acc_tl
+from .utils import Launcher, acc_tl, wrap_triton
 
 # Philox offsets are int32 element indices b·D + d.
 MAX_ELEMENTS = 2**31 - 1

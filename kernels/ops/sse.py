@@ -30,12 +30,11 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from ..checks import acc_dtype, rows_view
 from ..errors import KernelInputError
 from ..impl import interpreting
-from .utils import Launcher, acc_tl
+from .utils import Launcher, acc_tl, wrap_triton
 
 _MAX_GRID_Y = 65535
 

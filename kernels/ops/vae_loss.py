@@ -13,14 +13,13 @@ from typing import Optional, Tuple, Union
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from ..checks import acc_dtype, rows_view
 from ..errors import KernelConfigError
 from ..impl import interpreting
 from ..reference import LossParts
 from .sse import grad_buffer_like, launch_sse, sse_bwd, stores_grad_in_forward, target_grad
-from .utils import Launcher, acc_tl
+from .utils import Launcher, acc_tl, wrap_triton
 
 
 @triton.jit
