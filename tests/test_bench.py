@@ -108,6 +108,7 @@ def test_train_step_grid_puts_the_headline_first_and_cuda_graphs_only_on_cuda():
         assert {s["variant"].split("/")[2] for s in cpu_skipped} >= {"triton-loss"}
 
 
+@pytest.mark.slow
 def test_train_step_budget_skips_later_variants_but_always_times_one(small_matmul_peak):
     from bench.train_step import run
 
@@ -117,6 +118,7 @@ def test_train_step_budget_skips_later_variants_but_always_times_one(small_matmu
     assert "eager/bf16/torch-loss/B8" in [s["variant"] for s in skipped if "budget" in s["reason"]]
 
 
+@pytest.mark.slow
 def test_train_step_json_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatch, small_matmul_peak):
     import bench.train_step as ts
 

@@ -36,7 +36,7 @@ def read_epoch(loader, epoch):
     return images, sizes, keys
 
 
-@pytest.mark.parametrize("backend", ["webdataset", "dali-cpu"])
+@pytest.mark.parametrize("backend", [pytest.param("webdataset", marks=pytest.mark.slow), "dali-cpu"])
 def test_cached_epochs_yield_the_uncached_images(shards_dir, backend):
     plain = open_loader(shards_dir, "none", backend=backend)
     cached = open_loader(shards_dir, "host", backend=backend)

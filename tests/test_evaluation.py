@@ -101,6 +101,7 @@ def test_latents_the_encoder_ignores_are_inactive(model, shards_dir, tmp_path):
     assert ev["nll_iwae"] is None and ev["diversity_ratio"] is None
 
 
+@pytest.mark.slow
 def test_image_limit_and_shards_without_attributes(model, shards_dir, tmp_path, tmp_path_factory, monkeypatch):
     import model.evaluation.run as run
 
@@ -177,6 +178,7 @@ def test_cli_writes_the_evaluation_and_prints_the_table(checkpoint, tmp_path, ca
     assert "bits / dim" in out and "active units" in out and (folder / "failure_modes.png").is_file()
 
 
+@pytest.mark.slow
 def test_cli_scores_a_sigma_vae_under_its_learned_sigma(checkpoint, tmp_path):
     """A σ-VAE checkpoint keeps its learned σ (extra "objective"): its IWAE bound is taken under that σ."""
     ckpt = torch.load(checkpoint, weights_only=False)

@@ -30,6 +30,7 @@ def epoch_of_30_steps(tmp_path_factory) -> Path:
     return root / "shards"
 
 
+@pytest.mark.slow  # trains 20 steps of the default network
 def test_the_loop_reads_the_device_at_most_once_per_five_steps(epoch_of_30_steps, tmp_path, monkeypatch):
     import json
 

@@ -1,10 +1,6 @@
 """The network, its config and checkpoints: fast unit tests (no data, no subprocess; schedules: test_schedules.py)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,8 +8,6 @@ from model.training.checkpoint import load_checkpoint, load_model_state, make_ch
 from model.training.config import DEFAULT_CONFIG, SCHEMA, read_config_file, validate
 from model.vae import ConvVAE, VAEConfig, count_parameters
 from pipeline.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _expected_params(cfg: VAEConfig) -> int:
@@ -75,11 +69,13 @@ def test_channels_last_bf16_autocast_matches_fp32_roughly():
     assert torch.allclose(got.float(), ref, atol=0.1, rtol=0.05)
 
 
-def test_summary_cli_prints_table_and_exact_count():
-    proc = subprocess.run([sys.executable, "-m", "model.summary"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={"COLUMNS": "120", "PATH": ""})
-    assert proc.returncode == 0, proc.stderr
-    assert "2,957,955" in proc.stdout and "ConvTranspose2d" in proc.stdout and "256×4×4" in proc.stdout
+def test_summary_cli_prints_table_and_exact_count(capsys, monkeypatch):
+    from model.summary import main
+
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "2,957,955" in out and "ConvTranspose2d" in out and "256×4×4" in out
 
 
 # ---------------------------------------------------------------- config

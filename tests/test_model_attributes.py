@@ -65,6 +65,7 @@ def cross_validated_accuracy(mu: torch.Tensor, y: torch.Tensor, folds: int = 5) 
     return balanced_accuracy(logits, y), chance_se
 
 
+@pytest.mark.slow  # a statistical probe on a trained model
 def test_attribute_directions_mean_something(run_dir, probe_shards, tmp_path, capsys):
     ok(capsys, "encode", "--run", run_dir, "--data", probe_shards, "--split", "train", "--out", tmp_path / "z.npz")
     z = np.load(tmp_path / "z.npz")

@@ -304,6 +304,7 @@ def test_real_pilot_gives_a_ratio():
     assert 0 < ratio < float("inf")
 
 
+@pytest.mark.slow  # a training run
 def test_train_py_runs_with_the_probes_choice_and_reports_it(cache, monkeypatch, shards_dir, tmp_path, capsys):
     import train
     from tests.test_train import SMALL

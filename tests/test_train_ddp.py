@@ -244,6 +244,7 @@ def _sigma_worker(rank: int, world: int, init_method: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two gloo processes
 def test_learned_sigma_gradient_is_averaged_over_ranks(tmp_path):
     """The learned σ lives outside the DDP-wrapped network: its gradient hook averages it across ranks."""
     import torch.multiprocessing as mp

@@ -162,6 +162,7 @@ def test_a_signal_after_the_loops_last_look_still_stops_before_the_test(shards_d
     assert not (out / "summary.json").exists() and "test" not in {r["kind"] for r in read_jsonl(out / "metrics.jsonl")}
 
 
+@pytest.mark.slow  # trains in-process until its validation
 def test_a_signal_during_validation_cuts_it_short(shards_dir, tmp_path, capsys, monkeypatch):
     """SIGTERM after the first validation batch: the validation stops there, last.pt is written at the epoch's last
     step with the epoch unfinished (the resumed run validates, as after a stop in that step), no val record."""
@@ -208,7 +209,7 @@ def test_kill_9_at_random_moments_then_resume(reference, shards_dir, tmp_path):
     """Killed at a random moment of training, in the middle of writing a checkpoint, and at a random
     moment later on (training, validation, the test or the pictures): each time the checkpoint loads,
     at most one checkpoint interval is lost, and the run finally equals the uninterrupted one."""
-    seed = int(os.environ.get("KILL_SEED", time.time_ns() % 10**6))
+    seed = int(os.environ.get("KILL_SEED", "0"))  # other moments: KILL_SEED=N; a failure names its seed
     rng = random.Random(seed)
     why = f"(KILL_SEED={seed})"
     out = tmp_path / "run"
