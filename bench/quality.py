@@ -30,9 +30,9 @@ from pipeline.limits import check_count
 
 ROOT = Path(__file__).resolve().parent.parent
 #: name → (config overrides, what it is). Weights put each added term at a sizeable share of the SSE
-#: at the start (SSE ≈ 1,240 per image at step 0; 1 − MS-SSIM ≈ 0.93; the VGG term ≈ 0.05 with random
-#: weights, measured with the default model on the synthetic faces). The VGG stops at relu2_2: on a CPU
-#: the two VGG passes per step already make the step ≈ 7× slower than the VAE's own.
+#: at the start (the step-0 magnitudes they were sized by: bench/RESULTS.md, "Quality: what each option
+#: does"). The VGG stops at relu2_2: on a CPU its two passes per step already cost several times the
+#: VAE's own step (same section).
 PERCEPTUAL_LAYERS = "relu1_2,relu2_2"
 #: perceptual_weight with random VGG weights (sized by the measurement above) and with torchvision's
 #: (NOT measured: these machines have no weights file; an unchecked starting point, set it with

@@ -1,8 +1,8 @@
 """The decoded-image cache: decode each JPEG once, then train from the kept pixels.
 
 At 64×64 a decoded CelebA image is 12,288 bytes; the whole train split (162,770 images) is 2.0 GB,
-which fits in a GPU's or a host's memory, while decoding it again every epoch costs 15–19 % of the
-training rate on a CPU and is what limits a GPU. So a :class:`CachedLoader` reads its backend (DALI
+which fits in a GPU's or a host's memory, while decoding it again every epoch costs a share of the
+training rate on a CPU and is what limits a GPU (bench/RESULTS.md: input efficiency, the cache). So a :class:`CachedLoader` reads its backend (DALI
 or the fallback) once, keeping every sample's final uint8 image (after crop and resize, before flip
 and float conversion) at its position in the rank's part, and serves later epochs from memory.
 

@@ -5,9 +5,9 @@ the GPU (hardware decoder where present) and keeps every later op on the GPU;
 ``decode_device="cpu"`` decodes with libjpeg-turbo on ``num_threads`` CPU threads and the
 pipeline is built with ``device_id=None``.
 
-Measured on 2 CPU cores (178×218 JPEGs): decoding only the 148×148 crop window
-(``decoders.image_crop``, a region-of-interest decode) is ~35% faster than a full decode
-followed by a crop; ``use_fast_idct`` did not help, and DALI has no DCT-domain downscale.
+The crop window is known before decoding, so only it is decoded (``decoders.image_crop``, a
+region-of-interest decode), which beats a full decode followed by a crop; ``use_fast_idct`` did
+not help, and DALI has no DCT-domain downscale (bench/RESULTS.md, the loader table).
 """
 from __future__ import annotations
 

@@ -18,12 +18,10 @@ from PIL import Image
 RESAMPLE = Image.Resampling.BILINEAR
 
 # ``draft`` decodes at half size in the DCT domain only where the halved crop window still has more
-# than DRAFT_MARGIN times the output's side. Measured on 120 crop windows (178×218, JPEG quality
-# 75/90/95) of a real photograph (matplotlib's grace_hopper.jpg), worst mean |difference| from the
-# full decode: with this margin ≤ 1.1/255 (crop 148 → 74 → 16…36); at exactly twice (74 → 37)
-# 1.6/255; a half-size draft straight down to the output (148 → 74 → 64) 2.5/255, a quarter-size
-# one (148 → 37 → 16) 5.7/255: libjpeg's scaled IDCT is not the triangle filter the resize applies.
-# So at CelebA's 148 → 64 there is no draft: the fallback equals the reference there.
+# than DRAFT_MARGIN times the output's side: libjpeg's scaled IDCT is not the triangle filter the
+# resize applies, and on a real photograph's crop windows the error grows as the margin shrinks
+# (bench/RESULTS.md, "Loader accuracy"). So at CelebA's 148 → 64 there is no draft: the fallback
+# equals the reference there.
 DRAFT_MARGIN = 2
 
 

@@ -196,7 +196,7 @@ class WebDatasetLoader(LoaderBase):
 
     def _batches(self, chunks: Iterator) -> Iterator:
         # Re-batching is done in numpy on purpose: torch.cat on this 2-core box spins up
-        # intra-op threads that fight the decoding workers (measured 29 ms vs 0.3 ms a batch).
+        # intra-op threads that fight the decoding workers (bench/RESULTS.md, "Loader accuracy" has the figures).
         bs, want, policy = self.plan.batch_size, self.plan.num_batches, self.plan.policy
         pending: list[np.ndarray] = []
         keys: list[str] = []

@@ -1,6 +1,6 @@
 """DDP: two gloo processes with batch B behave like one process with batch 2B; stops and failures.
 
-BatchNorm normalises each rank's own batch (SyncBatchNorm has no CPU kernel; see README), so the
+BatchNorm normalises each rank's own batch (SyncBatchNorm has no CPU kernel; docs/operations.md), so the
 match is exact against a one-process emulation of per-rank BatchNorm and close — within a stated
 tolerance — to one process with the doubled batch and whole-batch BatchNorm. Under torchrun, a
 SIGTERM stops every rank at one agreed step with a checkpoint, and a rank that raises ends the job

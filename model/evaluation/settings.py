@@ -1,7 +1,7 @@
 """How much an evaluation looks at: images, importance samples, prior samples, worst examples, FID.
 
 Two presets: ``FULL`` for ``python -m model evaluate`` and ``LIGHT`` for the evaluation every
-training run ends with (sized so that the default run grows by well under 10 %; see README).
+training run ends with (sized so that the default run grows by well under 10 %; docs/evaluation.md).
 """
 from __future__ import annotations
 

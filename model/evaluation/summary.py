@@ -1,4 +1,4 @@
-"""From one pass's raw numbers to the keys of evaluation.json (README: "What evaluation.json holds").
+"""From one pass's raw numbers to the keys of evaluation.json (docs/evaluation.md: "What `evaluation.json` holds").
 
 Means are over images; ratios of sums where a ratio of means would let a few flat images dominate
 (the sharpness ratio). Every number says which images it is over (``count``, ``iwae_images``,

@@ -181,7 +181,8 @@ def resolve_runtime(cfg: dict[str, Any], rank: int = 0, local_rank: int = 0, wor
         if cuda:
             amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            # Measured here (AVX512-BF16 CPU, batch 64): bf16 autocast + channels_last is 2.2× fp32 eager.
+            # With native bf16 (AVX512-BF16/AMX) bf16 autocast + channels_last beats fp32 eager; emulated it is
+            # many times slower (bench/RESULTS.md: the train-step table, "The CPU probe").
             amp = "bf16" if cpu_has_native_bf16() else "off"
 
     channels_last = cfg["channels_last"]
@@ -323,8 +324,8 @@ def from_rank0(make: Callable[[], Any], rank: int, world_size: int) -> Any:
 #
 # Candidates: fp32 contiguous, fp32 channels_last, and bf16 autocast + channels_last only where bf16 can
 # be fast, which three guards decide, cheapest first: an x86 CPU without avx512_bf16/amx_bf16 has no bf16
-# arithmetic (oneDNN emulates it: on the project's AVX2 machine a bf16 step is 7–15× slower, seconds at
-# batch 64), so bf16 is not timed there at all; elsewhere a pilot (a convolution and a transposed
+# arithmetic (oneDNN emulates it: a bf16 step takes seconds at batch 64, bench/RESULTS.md), so bf16 is
+# not timed there at all; elsewhere a pilot (a convolution and a transposed
 # convolution, forward and backward, at batch 4: ~0.3 s) drops it when bf16 is BF16_PILOT_MAX× slower
 # than fp32, and a bf16 candidate whose first step is BF16_FIRST_MAX× slower than fp32's is dropped then.
 # Each candidate is the run's own model, objective, AdamW and ``TrainStep`` on random images of the
@@ -332,9 +333,9 @@ def from_rank0(make: Callable[[], Any], rank: int, world_size: int) -> Any:
 # the candidates (so a neighbour's load hits all of them alike), the fastest per candidate, stopping early
 # when the next round would pass BUDGET_S. Settings fixed in the config are held in every candidate.
 #
-# torch.compile is not timed by default (about a minute here): its cost and speed-up are the constants
-# below, measured on this project's 2-core CPU machine, unless ``VAE_PROBE_COMPILE=1`` asks to measure
-# them once on this machine (kept in the same cache file).
+# torch.compile is not timed by default (about a minute on 2 cores): its cost and speed-up are the
+# constants below, measured on this project's 2-core CPU machine (bench/RESULTS.md, "The CPU probe"),
+# unless ``VAE_PROBE_COMPILE=1`` asks to measure them once on this machine (kept in the same cache file).
 #
 # Results are cached per machine and per probe input (CPU model and bf16/AVX flags, usable cores and
 # torch threads, torch version, batch and image size, network shape, loss terms, fixed settings) as
@@ -351,14 +352,11 @@ MAX_ROUNDS = 3
 SWITCH_GAIN = 1.03  # another setting must be this much faster than the first candidate (noise guard)
 BF16_PILOT_MAX = 1.5  # bf16 pilot / fp32 pilot above this: bf16 is emulated, not probed further
 BF16_FIRST_MAX = 3.0  # bf16's first step / fp32's first step above this: dropped after one step
-# torch.compile on CPU, measured on the project's 2-core "AMD EPYC" (AVX2, no AVX-512), torch 2.13.0+cpu,
-# default config at batch 64. Speed-up over the best eager setting: the issue's eager channels_last 155
-# vs compiled 160 images/s (re-measured here 1.0–1.2 depending on the neighbours' load).
-# Cost: first two compiled steps minus two compiled ones, with an empty inductor cache
-# (`TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) VAE_PROBE_COMPILE=1 python train.py ...`): 34 s for the network
-# alone, 49 s with the loss compiled too, which is what the step compiles (one graph, network and loss).
-# With the inductor cache warm (the same shapes compiled before on this machine) it is ~3 s; the
-# constant keeps the cold figure.
+# torch.compile on CPU, measured on the project's 2-core "AMD EPYC" (AVX2, no AVX-512) with the default
+# config at batch 64 (how, and the figures: bench/RESULTS.md, "The CPU probe"). The speed-up is compiled
+# over the best eager setting's images/s; the cost is the cold one (an empty inductor cache), network and
+# loss compiled together as the step compiles them: a warm cache makes it far cheaper, the constant keeps
+# the cold figure.
 COMPILE_SPEEDUP = 160 / 155
 COMPILE_COST_S = 49.0
 COMPILE_MARGIN = 1.5  # compile only when the saving exceeds its cost by this factor (constants are rough)

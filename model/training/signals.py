@@ -12,9 +12,8 @@ every process, and torchrun forwards it again).
 Under DDP the ranks must stop at the same step, or the ones still stepping wait forever in
 DDP's gradient all-reduce. Each rank's flag is therefore all-reduced (MAX) at fixed steps, the same
 on every rank, and all of them stop after the first such step that sees a flag. How often is a
-trade of latency against cost: on CPU (gloo) the collective costs under a millisecond (0.8 ms
-measured between two ranks on a 2-core AMD EPYC) against a step of ~0.29 s there (the default
-model at batch 64 on both cores; more per rank), so it runs every step; on CUDA reading its
+trade of latency against cost: on CPU (gloo) the collective costs a small fraction of a step
+(bench/RESULTS.md, "Stop flags under DDP"), so it runs every step; on CUDA reading its
 result syncs the device, which would stall the kernel queue every step, so it runs at the log
 points, where train.py syncs anyway, and a stop waits at most one log interval (``log_every_s``,
 2 s by default), far inside any scheduler's grace period (torchrun's is 30 s).
