@@ -84,7 +84,7 @@ def test_lr_and_beta_come_from_device_tables_at_the_device_step():
 def test_log_sums_are_exact_means_and_a_nan_between_log_points_is_caught():
     step, _ = _step([1e-3] * 8, [1.0] * 8)
     x = torch.rand(4, 3, 16, 16)
-    losses = [float(step(x).loss) for _ in range(3)]
+    losses = [float(step(x).loss.detach()) for _ in range(3)]
     means, bad, seconds = step.read_logs(1.5)
     assert means["loss"] == pytest.approx(sum(losses) / 3, rel=1e-6) and bad is None and seconds == 1.5
     step(x)
