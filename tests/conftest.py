@@ -6,8 +6,10 @@ before triton is first imported, hence here, at collection time.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +23,15 @@ os.environ.setdefault("VAE_NO_PROBE", "1")
 # when shards hold at most SHARD_SAMPLES samples.
 TREE_IMAGES = 240
 SHARD_SAMPLES = 64
+
+
+@pytest.fixture(autouse=True)
+def fixed_seeds():
+    """Whatever a test draws from the global generators (random, numpy, torch), it draws the same numbers
+    on every run, alone or in the suite. Tests that draw on purpose seed their own generator."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")

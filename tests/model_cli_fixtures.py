@@ -1,7 +1,9 @@
-"""What the ``python -m model`` tests share: one short training run, the in-process CLI, readers, a probe.
+"""What the ``python -m model`` tests share: a short training run, the in-process CLI, readers, a probe.
 
-The run is trained once per session however many test modules ask for it (the fixture is imported
-into each, and pytest would otherwise run a session fixture once per module that defines it).
+``run_dir`` trains for :data:`CLI_EPOCHS` (the commands need a real run whose samples differ, not a good
+model); ``trained_run_dir`` for :data:`PROBE_EPOCHS`, for the attribute probe. Each is trained once per
+session however many test modules ask for it (the fixtures are imported into each, and pytest would
+otherwise run a session fixture once per module that defines it).
 """
 from __future__ import annotations
 
@@ -18,15 +20,20 @@ from model.use.cli import main as model_main
 from pipeline.shards import read_members, read_split
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The narrow network of test_train.py, trained longer (a minute on two cores) so that its codes
-#: carry the attributes the synthetic faces show; one thread, so a busy machine does not thrash; fp32
-#: everywhere (auto would pick bf16 on a CPU with AMX), so every machine trains the same model up to rounding.
+#: The narrow network of test_train.py; one thread, so a busy machine does not thrash; fp32 everywhere (auto
+#: would pick bf16 on a CPU with AMX), so every machine trains the same model up to rounding.
 TRAIN_ARGS = ["--channels", "16,32,64,128", "--latent_dim", "32", "--loss_impl", "torch", "--compile", "false",
               "--amp", "off", "--channels_last", "false",
               "--batch_size", "16", "--eval_batch_size", "64", "--log_interval", "12", "--kl_warmup_steps", "50",
-              "--warmup_steps", "10", "--lr", "0.002", "--n_samples", "16", "--num_threads", "1", "--epochs", "30"]
+              "--warmup_steps", "10", "--lr", "0.002", "--n_samples", "16", "--num_threads", "1"]
+#: Epochs of ``run_dir``: enough for prior samples that differ (their pixel spread at T = 1, which
+#: test_sample_is_deterministic_for_a_seed needs above 10, was 9.9 after 4 epochs, 16.9 after 6, 18.4 after 10).
+CLI_EPOCHS = 8
+#: Epochs of ``trained_run_dir``: long enough (a minute on two cores) that the codes carry the attributes the
+#: synthetic faces show.
+PROBE_EPOCHS = 30
 ENV = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-_RUNS: dict[Path, Path] = {}  # shards → the run trained on them, this session
+_RUNS: dict[tuple[Path, int], Path] = {}  # (shards, epochs) → the run trained on them, this session
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,15 +46,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def run_dir(shards_dir, tmp_path_factory) -> Path:
-    if shards_dir not in _RUNS:
+def _run(shards_dir: Path, tmp_path_factory, epochs: int) -> Path:
+    if (shards_dir, epochs) not in _RUNS:
         out = tmp_path_factory.mktemp("model_cli") / "run"
         proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(shards_dir), "--out", str(out),
-                               *TRAIN_ARGS], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+                               *TRAIN_ARGS, "--epochs", str(epochs)], cwd=ROOT, env=ENV, capture_output=True,
+                              text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        _RUNS[shards_dir] = out
-    return _RUNS[shards_dir]
+        _RUNS[shards_dir, epochs] = out
+    return _RUNS[shards_dir, epochs]
+
+
+@pytest.fixture(scope="session")
+def run_dir(shards_dir, tmp_path_factory) -> Path:
+    """A finished run of :data:`CLI_EPOCHS` on the shared shards: checkpoints, config, pictures."""
+    return _run(shards_dir, tmp_path_factory, CLI_EPOCHS)
+
+
+@pytest.fixture(scope="session")
+def trained_run_dir(shards_dir, tmp_path_factory) -> Path:
+    """The same run trained for :data:`PROBE_EPOCHS`, whose codes carry the faces' attributes."""
+    return _run(shards_dir, tmp_path_factory, PROBE_EPOCHS)
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

@@ -84,6 +84,7 @@ def test_numbers_are_the_metrics_of_the_same_images(model, shards_dir, tmp_path)
     assert on_disk["count"] == ev["count"] and on_disk["settings"]["iwae_k"] == 8
 
 
+@pytest.mark.slow
 def test_latents_the_encoder_ignores_are_inactive(model, shards_dir, tmp_path):
     half = CFG.latent_dim // 2
     blind = ConvVAE(CFG)

@@ -121,6 +121,7 @@ def test_each_architecture_gets_its_own_build(tmp_path):
     assert done.stdout.split() == ["90", "ok", "80", "ok"], done.stdout
 
 
+@pytest.mark.slow
 def test_importing_it_under_the_interpreter_is_one_clear_error():
     env_script = "import os; os.environ['TRITON_INTERPRET'] = '1'; import kernels.cuda_compile"
     done = _python("-c", env_script)

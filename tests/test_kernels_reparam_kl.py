@@ -53,6 +53,7 @@ def test_strided_rows_and_transposed_inputs(device):
     torch.testing.assert_close((z, kl), reparam_kl_ref(mu_t, mu_t * 0.1, eps), **TOL[torch.float32])
 
 
+@pytest.mark.slow  # a statistical check of the noise
 @pytest.mark.parametrize("device", DEVICES)
 def test_in_kernel_noise_is_seeded_standard_normal(device):
     B, D = 257, 513
@@ -87,6 +88,7 @@ def test_backward_regenerates_the_forward_noise(device):
     torch.testing.assert_close((z, kl, dmu, dlv), ref, **TOL["recovered_eps"])
 
 
+@pytest.mark.slow  # float64 numerical Jacobians through Triton's interpreter; the fast tier compares with the reference
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("noise", ["eps", "seed"])
 def test_gradcheck_float64(device, noise):

@@ -46,6 +46,7 @@ def test_gradients_for_target_and_beta_and_single_outputs(device):
         torch.testing.assert_close(results[0], results[1], **TOL["loss_grads"], msg=lambda m: f"{pick}: {m}")
 
 
+@pytest.mark.slow  # float64 numerical Jacobians through Triton's interpreter; the fast tier compares with the reference
 @needs_triton_path
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grad_in_forward", [True, False], ids=["grad-in-forward", "recompute-in-backward"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_cli_fixtures import balanced_accuracy, ok, one_thread, probe, run_dir  # noqa: F401 (fixtures)
+from model_cli_fixtures import balanced_accuracy, ok, one_thread, probe, trained_run_dir  # noqa: F401 (fixtures)
 
 from model.use.loading import load_trained
 from pipeline.images import read_image_file
@@ -66,8 +66,8 @@ def cross_validated_accuracy(mu: torch.Tensor, y: torch.Tensor, folds: int = 5) 
 
 
 @pytest.mark.slow  # a statistical probe on a trained model
-def test_attribute_directions_mean_something(run_dir, probe_shards, tmp_path, capsys):
-    ok(capsys, "encode", "--run", run_dir, "--data", probe_shards, "--split", "train", "--out", tmp_path / "z.npz")
+def test_attribute_directions_mean_something(trained_run_dir, probe_shards, tmp_path, capsys):
+    ok(capsys, "encode", "--run", trained_run_dir, "--data", probe_shards, "--split", "train", "--out", tmp_path / "z.npz")
     z = np.load(tmp_path / "z.npz")
     mu, table, names = torch.from_numpy(z["mu"]), torch.from_numpy(z["attributes"]).float(), list(z["attribute_names"])
     # "Well represented": at least 15 % of the faces on each side of the attribute. Every one is
@@ -83,12 +83,12 @@ def test_attribute_directions_mean_something(run_dir, probe_shards, tmp_path, ca
     # 192 training faces give too noisy a direction for the smile): the command's own PNGs, re-encoded,
     # score higher for the attribute (and lower when moved the other way).
     directions = tmp_path / "attributes.pt"
-    ok(capsys, "attributes", "--run", run_dir, "--data", probe_shards, "--out", directions)
-    model = load_trained(run_dir / "checkpoints" / "best.pt", "cpu").model
+    ok(capsys, "attributes", "--run", trained_run_dir, "--data", probe_shards, "--out", directions)
+    model = load_trained(trained_run_dir / "checkpoints" / "best.pt", "cpu").model
     for name in EDITED:
         y = table[:, names.index(name)].bool()
         without, with_ = list(z["keys"][~y][:30]), list(z["keys"][y][:15])
-        ok(capsys, "edit", "--run", run_dir, "--data", probe_shards, "--split", "train", *without, *with_,
+        ok(capsys, "edit", "--run", trained_run_dir, "--data", probe_shards, "--split", "train", *without, *with_,
            "--directions", directions, "--add", f"{name}=2", "--add", f"{name}=-2", "--each", tmp_path / name,
            "--out", tmp_path / f"{name}.png")
         score = probe(mu, y.float())

@@ -206,8 +206,10 @@ def test_usage_names_the_program_as_started(monkeypatch, argv0, prog):
 
 
 def test_help_names_every_command_with_an_example():
-    from model.use.cli import COMMANDS, build_parser
+    import model.__main__
+    from model.use.cli import COMMANDS, build_parser, main
 
+    assert model.__main__.main is main  # python -m model is this CLI
     parser = build_parser()
     for name in COMMANDS:
         assert name in parser.description and f"python -m model {name} " in parser.epilog, name
@@ -275,6 +277,7 @@ def test_cuda_asked_for_where_there_is_none(run_dir, capsys):
     assert rc == 2 and err.startswith("error:") and "CUDA is not available" in err
 
 
+@pytest.mark.slow  # two interpreters started
 def test_python_dash_m_model_runs_and_fails_in_one_line(run_dir, tmp_path):
     def run(*argv) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "model", *map(str, argv)], cwd=ROOT, env=ENV,
@@ -301,6 +304,7 @@ torch.save(ck, sys.argv[2])
 """
 
 
+@pytest.mark.slow  # an interpreter started to write it
 def test_checkpoint_written_on_a_gpu_loads_on_a_cpu(run_dir, tmp_path, capsys):
     gpu = tmp_path / "gpu.pt"
     subprocess.run([sys.executable, "-c", WRITE_AS_GPU, str(run_dir / "checkpoints" / "best.pt"), str(gpu)],

@@ -283,6 +283,7 @@ def test_every_rank_takes_rank0s_answer(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the real thing
+@pytest.mark.slow  # times real steps
 def test_real_probe_on_a_tiny_model_is_quick_and_sane(cache):
     cfg = cfg_with(image_size=16, channels=[8, 16], latent_dim=8, batch_size=8)
     torch.manual_seed(0)
@@ -297,6 +298,7 @@ def test_real_probe_on_a_tiny_model_is_quick_and_sane(cache):
     assert isinstance(Runtime(torch.device("cpu"), 0, 0, 1, r.amp, r.channels_last, False, False), Runtime)
 
 
+@pytest.mark.slow  # times real convolutions
 def test_real_pilot_gives_a_ratio():
     from model.training.runtime import StepTimer
 
