@@ -319,11 +319,12 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
             if signalled or at_stop_step:
                 stopped_early = epoch + 1 < cfg["epochs"]
                 break
-    writer.wait()  # every checkpoint on disk (its error, a full disk say, raised here) before going on
     # last.pt holds this very step; the test evaluation waits for the resumed run. The second look catches a
     # signal that came after the loop's last one (it set the flag, but nothing read it).
     if stop.agreed or stop.should_stop(step, force=True):
+        writer.wait()  # on disk (or its error, a full disk say, raised) before the line that names it
         return _stopped(stop.agreed, step, last, rt, run_dir, (train_loader, val_loader))
+    # The final checkpoint is written while the test evaluation runs; the summary waits for it.
 
     # ------------------------------------------------------------------ test evaluation
     test_loader = open_loader(cfg, rt, shards, "test", with_keys=True)
@@ -339,6 +340,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     test_loader.close()
 
     # ------------------------------------------------------------------ artifacts (rank 0 only)
+    writer.wait()
     wall = time.perf_counter() - t_start
     if rt.is_main:
         _write_pictures(raw, cfg, rt, shards, run_dir, test.failures)
@@ -346,7 +348,8 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                           total_steps=total_steps)
         summary = {
             "test": test.metrics, "best_val_elbo": best_val_elbo, "steps": step, "epochs_done": round(step / steps_per_epoch, 3),
-            "stopped_early": stopped_early, "parameters": n_params, "checkpoint_seconds": writer.waited,
+            "stopped_early": stopped_early, "parameters": n_params,
+            "checkpoint_seconds": writer.waited, "checkpoint_writes": writer.writes,
             "images_per_s": train_images / train_seconds if train_seconds else None,
             "train_flops_per_image": flops_per_image,
             "wall_time_s": wall, "runtime": rt.describe(), "loss_impl": impl, "loader": train_loader.backend,
