@@ -1,9 +1,11 @@
-"""What the ``python -m model`` tests share: a short training run, the in-process CLI, readers, a probe.
+"""What the ``python -m model`` tests share: checkpoints, the in-process CLI, readers, a probe.
 
-``run_dir`` trains for :data:`CLI_EPOCHS` (the commands need a real run whose samples differ, not a good
-model); ``trained_run_dir`` for :data:`PROBE_EPOCHS`, for the attribute probe. Each is trained once per
-session however many test modules ask for it (the fixtures are imported into each, and pytest would
-otherwise run a session fixture once per module that defines it).
+``run_dir`` is a run folder whose checkpoints are written in-process after one pass over the train split
+(the commands need a checkpoint of this trainer, not a good model: a second, not a subprocess training);
+``trained_run_dir`` is a real ``train.py`` run of :data:`PROBE_EPOCHS`, for what needs a trained model
+(the attribute probe, the prior's spread). Each is made once per session however many test modules ask
+for it (the fixtures are imported into each, and pytest would otherwise run a session fixture once per
+module that defines it).
 """
 from __future__ import annotations
 
@@ -26,14 +28,11 @@ TRAIN_ARGS = ["--channels", "16,32,64,128", "--latent_dim", "32", "--loss_impl",
               "--amp", "off", "--channels_last", "false",
               "--batch_size", "16", "--eval_batch_size", "64", "--log_interval", "12", "--kl_warmup_steps", "50",
               "--warmup_steps", "10", "--lr", "0.002", "--n_samples", "16", "--num_threads", "1"]
-#: Epochs of ``run_dir``: enough for prior samples that differ (their pixel spread at T = 1, which
-#: test_sample_is_deterministic_for_a_seed needs above 10, was 9.9 after 4 epochs, 16.9 after 6, 18.4 after 10).
-CLI_EPOCHS = 8
 #: Epochs of ``trained_run_dir``: long enough (a minute on two cores) that the codes carry the attributes the
 #: synthetic faces show.
 PROBE_EPOCHS = 30
 ENV = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-_RUNS: dict[tuple[Path, int], Path] = {}  # (shards, epochs) → the run trained on them, this session
+_RUNS: dict[tuple[Path, str], Path] = {}  # (shards, which) → the run folder made for them, this session
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,27 +45,65 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _run(shards_dir: Path, tmp_path_factory, epochs: int) -> Path:
-    if (shards_dir, epochs) not in _RUNS:
+def _checkpointed_run(shards_dir: Path, out: Path) -> None:
+    """train.py's network, config and checkpoint format after one pass (AdamW, the SSE + KL loss) over the
+    train split: ``out/checkpoints/{best,last}.pt`` as a run writes them."""
+    from kernels import vae_loss
+    from model.training.checkpoint import make_checkpoint, save_atomic
+    from model.training.config import load_config
+    from model.training.runtime import Runtime, runtime_choices
+    from model.vae import ConvVAE, VAEConfig
+    from pipeline.loader import make_loader
+
+    cfg = load_config([*TRAIN_ARGS, "--data", str(shards_dir), "--epochs", "1", "--out_dir", str(out.parent),
+                       "--name", out.name])
+    torch.manual_seed(cfg["seed"])
+    model = ConvVAE(VAEConfig.from_dict(cfg), loss_impl="torch")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
+    loader = make_loader(shards_dir, "train", cfg["batch_size"], device="cpu", backend="webdataset", num_threads=0)
+    threads, steps = torch.get_num_threads(), 0
+    torch.set_num_threads(1)  # as train.py's runs here (OMP_NUM_THREADS=1): a busy machine would thrash two
+    try:
+        for x in loader:
+            out_ = model(x)
+            opt.zero_grad()
+            vae_loss(out_.logits, x, out_.kl, torch.ones(()), impl="torch").loss.backward()
+            opt.step()
+            steps += 1
+    finally:
+        torch.set_num_threads(threads)
+        loader.close()
+    rt = Runtime(torch.device("cpu"), 0, 0, 1, amp="off", channels_last=False, compile=False, sync_batchnorm=False)
+    ckpt = make_checkpoint(model=model, optimizer=opt, scaler=None, step=steps, epoch=1, batch_in_epoch=0,
+                           best_val_elbo=None, config=cfg, runtime=runtime_choices(rt))
+    for name in ("best.pt", "last.pt"):
+        save_atomic(ckpt, out / "checkpoints" / name)
+
+
+def _run(shards_dir: Path, tmp_path_factory, which: str) -> Path:
+    if (shards_dir, which) not in _RUNS:
         out = tmp_path_factory.mktemp("model_cli") / "run"
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(shards_dir), "--out", str(out),
-                               *TRAIN_ARGS, "--epochs", str(epochs)], cwd=ROOT, env=ENV, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        _RUNS[shards_dir, epochs] = out
-    return _RUNS[shards_dir, epochs]
+        if which == "trained":
+            proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(shards_dir), "--out",
+                                   str(out), *TRAIN_ARGS, "--epochs", str(PROBE_EPOCHS)], cwd=ROOT, env=ENV,
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        else:
+            _checkpointed_run(shards_dir, out)
+        _RUNS[shards_dir, which] = out
+    return _RUNS[shards_dir, which]
 
 
 @pytest.fixture(scope="session")
 def run_dir(shards_dir, tmp_path_factory) -> Path:
-    """A finished run of :data:`CLI_EPOCHS` on the shared shards: checkpoints, config, pictures."""
-    return _run(shards_dir, tmp_path_factory, CLI_EPOCHS)
+    """A run folder with best.pt and last.pt of the narrow network after one pass over the shared shards."""
+    return _run(shards_dir, tmp_path_factory, "checkpointed")
 
 
 @pytest.fixture(scope="session")
 def trained_run_dir(shards_dir, tmp_path_factory) -> Path:
-    """The same run trained for :data:`PROBE_EPOCHS`, whose codes carry the faces' attributes."""
-    return _run(shards_dir, tmp_path_factory, PROBE_EPOCHS)
+    """A real train.py run of :data:`PROBE_EPOCHS` on the shared shards, whose codes carry the faces' attributes."""
+    return _run(shards_dir, tmp_path_factory, "trained")
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

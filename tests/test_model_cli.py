@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_cli_fixtures import ENV, ROOT, cli, first_test_faces, ok, one_thread, png, run_dir  # noqa: F401 (fixtures)
+from model_cli_fixtures import (ENV, ROOT, cli, first_test_faces, ok, one_thread, png, run_dir,  # noqa: F401
+                                trained_run_dir)  # noqa: F401 (fixtures)
 
 from model.use.loading import load_trained
 from pipeline.shards import read_attributes, read_split
@@ -30,24 +31,30 @@ def test_summary_describes_the_checkpoint(run_dir, capsys):
     assert "last.pt" in ok(capsys, "summary", "--run", run_dir, "--last", "--device", "cpu")
 
 
-def test_sample_is_deterministic_for_a_seed(run_dir, tmp_path, capsys):
-    def sample(name: str, *extra: str) -> list[np.ndarray]:
-        ok(capsys, "sample", "--run", run_dir, "--n", 6, "--out", tmp_path / f"{name}.png", "--each", tmp_path / name,
-           *extra)
-        files = sorted((tmp_path / name).glob("*.png"))
-        assert [f.name for f in files] == [f"sample-{i:04d}.png" for i in range(6)]
-        return [png(f) for f in files]
+def _sample(capsys, run: Path, folder: Path, name: str, *extra: str) -> list[np.ndarray]:
+    ok(capsys, "sample", "--run", run, "--n", 6, "--out", folder / f"{name}.png", "--each", folder / name, *extra)
+    files = sorted((folder / name).glob("*.png"))
+    assert [f.name for f in files] == [f"sample-{i:04d}.png" for i in range(6)]
+    return [png(f) for f in files]
 
-    a, b, c = sample("a", "--seed", "3"), sample("b", "--seed", "3"), sample("c", "--seed", "4")
+
+def test_sample_is_deterministic_for_a_seed(run_dir, tmp_path, capsys):
+    a, b, c = (_sample(capsys, run_dir, tmp_path, name, "--seed", seed)
+               for name, seed in (("a", 3), ("b", 3), ("c", 4)))
     assert all(x.shape == (64, 64, 3) for x in a)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert np.array_equal(png(tmp_path / "a.png"), png(tmp_path / "b.png"))
     assert not any(np.array_equal(x, y) for x, y in zip(a, c))
-    # The temperature scales the prior's spread: at 0.01 the faces are all nearly decode(0) (their
-    # spread, in 8-bit levels, about a hundredth of T = 1's, with rounding on top).
-    cold = sample("cold", "--temperature", "0.01")
+
+
+@pytest.mark.slow  # needs a trained decoder
+def test_temperature_scales_the_priors_spread(trained_run_dir, tmp_path, capsys):
+    """At 0.01 the faces are all nearly decode(0) (their spread, in 8-bit levels, about a hundredth of T = 1's,
+    with rounding on top)."""
+    warm = _sample(capsys, trained_run_dir, tmp_path, "warm", "--seed", "3")
+    cold = _sample(capsys, trained_run_dir, tmp_path, "cold", "--seed", "3", "--temperature", "0.01")
     spread = lambda imgs: np.stack(imgs).astype(float).std(axis=0).mean()
-    assert spread(a) > 10 and spread(cold) < spread(a) / 20, (spread(cold), spread(a))
+    assert spread(warm) > 10 and spread(cold) < spread(warm) / 20, (spread(cold), spread(warm))
 
 
 def _mse_column(out: str) -> dict[str, float]:
