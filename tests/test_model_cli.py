@@ -1,7 +1,8 @@
-"""``python -m model``: every command on a checkpoint trained by the session's fixture run.
+"""``python -m model``: every command on a checkpoint of the session's fixture run.
 
-One short training run (the narrow network of tests/test_train.py, on the shared 240 synthetic
-faces; tests/model_cli_fixtures.py) feeds all the commands; they run in-process through
+One checkpointed run (the narrow network of tests/test_train.py after a pass over the shared 240
+synthetic faces; tests/model_cli_fixtures.py) feeds the commands, and a real 30-epoch train.py run
+what needs a trained decoder (slow); they run in-process through
 ``model.use.cli.main`` (the same code as ``python -m model``, which one subprocess test checks) so
 the file stays fast. Bad input is in test_model_cli_errors.py, the meaning of the attribute
 directions in test_model_attributes.py.
