@@ -5,7 +5,7 @@
     python train.py --out runs/b2 --resume   # continue exactly where last.pt left off
     torchrun --nproc_per_node=2 train.py ... # DDP (NCCL on GPU, gloo on CPU); batch_size is per process
 
-Reads top to bottom: config → data → model → optimizer → loop → evaluation → artifacts.
+Reads top to bottom: config → runtime → model + optimizer → data → step → loop → test → artifacts.
 Every hyper-parameter is in config.json; any key can be overridden as ``--key value``.
 Loss per image = SSE(sigmoid(logits), x) summed over pixels + β·KL summed over latents; the batch
 loss is their mean over the batch (the negative ELBO when β = 1).
@@ -13,8 +13,8 @@ loss is their mean over the batch (the negative ELBO when β = 1).
 A run can be stopped at any moment and continued with ``--resume``: Ctrl-C or SIGTERM finishes the
 step, writes ``last.pt`` at it and prints the command that resumes (model/training/signals.py);
 checkpoints, metrics and pictures are written atomically, so kill -9 or a full disk never leaves a
-torn file (model/training/checkpoint.py); one run directory has one writer (run_lock.py); and a
-resumed run computes as its start did (the checkpoint keeps amp, channels_last and compile).
+torn file, one run directory has one writer (model/training/checkpoint.py); and a resumed run
+computes as its start did (the checkpoint keeps amp, channels_last and compile).
 """
 from __future__ import annotations
 
@@ -24,40 +24,41 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from kernels import resolve_impl
-from model.flops import vae_flops_per_image
-from model.losses.objective import Objective
-from model.training.observe import plot_interpolation, plot_pairs, plot_samples, plot_training_log
-from model.training.step import build_model
-from model.training.checkpoint import (BestState, CheckpointWriter, LastCheckpoint, load_checkpoint, load_model_state,
-                                       make_checkpoint, save_atomic, set_rng_state)
-from model.training.config import build_parser, model_mismatch, parse_overrides, read_config_file, validate
+from model.evaluation import eval_settings, evaluate_model, evaluation_table, scalars_of
+from model.training.checkpoint import (BestState, CheckpointWriter, DiskFull, LastCheckpoint, RunLock, check_fresh_run,
+                                       load_checkpoint, load_model_state, make_checkpoint, remove_temps, save_atomic,
+                                       set_rng_state, write_text)
+from model.training.config import (build_parser, check_bounds, model_mismatch, parse_overrides, read_config_file,
+                                   validate)
 from model.training.data import open_loader, prepare_default_data
-from model.training.checkpoint import DiskFull, remove_temps, write_text
-from model.evaluation import evaluate_model
-from model.evaluation.report import evaluation_table
-from model.evaluation.settings import eval_settings
-from model.evaluation.summary import scalars_of
-from model.training.validate import evaluate
-from model.training.observe import MetricsLog
-from model.training.observe import measure_matmul_peak
-from model.training.runtime import probe_step
-from model.training.observe import EpochProgress, epoch_table, make_console
-from model.training.bounds import check_bounds
-from model.training.checkpoint import RunLock, check_fresh_run
-from model.training.runtime import (decide_compile, init_distributed, keep_resumed_choices, launch_rank,
+from model.training.observe import (EpochProgress, MetricsLog, TensorBoardLog, epoch_table, make_console, mfu_meter,
+                                    plot_interpolation, plot_pairs, plot_samples, plot_training_log)
+from model.training.runtime import (decide_compile, init_distributed, keep_resumed_choices, launch_rank, probe_step,
                                     resolve_runtime, runtime_choices, shutdown_distributed)
-from model.training.step import config_beta_at, lr_at
 from model.training.signals import StopSignals, resume_command
-from model.training.observe import TensorBoardLog
-from model.training.step import Cadence, TrainingDiverged, TrainStep, make_optimizer
-from model.vae import ConvVAE, VAEConfig, count_parameters
+from model.training.step import Cadence, TrainingDiverged, TrainStep, build_training, config_beta_at, lr_at
+from model.training.validate import evaluate
 from pipeline.errors import (ConfigError, Interrupted, cli_entry, disk_full_message, is_disk_full, same_command,
                              signal_name)
+
+
+@dataclass
+class Run:
+    """What main() settles before training starts: where the run lives, which process this is, how it began."""
+
+    dir: Path
+    last: LastCheckpoint  # the newest complete last.pt: what a stop or a failure leaves to resume from
+    rank: int
+    local_rank: int
+    world_size: int
+    t_start: float
+    download: bool = False  # --download-perceptual-weights
+    explicit: set[str] = field(default_factory=set)  # config keys given on the command line
 
 
 @cli_entry
@@ -101,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         last = LastCheckpoint(ckpt_dir / "last.pt", resume["step"] if resume else None)
         try:
             with contextlib.ExitStack() as closing:  # what _run opens that must close on every path
-                return _run(cfg, run_dir, resume, last, rank, local_rank, world_size, t_start, closing,
-                            download=args.download_perceptual_weights, explicit=set(overrides))
+                run = Run(run_dir, last, rank, local_rank, world_size, t_start,
+                          download=args.download_perceptual_weights, explicit=set(overrides))
+                return _run(cfg, run, resume, closing)
         except (KeyboardInterrupt, DiskFull) as err:
             raise _with_resume_hint(err, last, run_dir) from None
         except OSError as err:  # a full disk outside the run's own writes (data, caches): the same resume line
@@ -114,26 +116,27 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_distributed()
 
 
-def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, rank: int, local_rank: int,
-         world_size: int, t_start: float, closing: contextlib.ExitStack, *, download: bool = False,
-         explicit: set[str] = frozenset()) -> int:
+def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack) -> int:
+    run_dir, last, rank, world_size = run.dir, run.last, run.rank, run.world_size
     if cfg["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
         torch.use_deterministic_algorithms(True)
-    rt = resolve_runtime(cfg, rank, local_rank, world_size, probe=probe_step)  # CPU "auto": a timed probe of the step
+    rt = resolve_runtime(cfg, rank, run.local_rank, run.world_size, probe=probe_step)  # CPU "auto": a timed probe of the step
     if rt.device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"] and not cfg["deterministic"]
     # A resumed run computes as its start did (amp, channels_last, compile), unless the command line says otherwise.
-    rt, notice = keep_resumed_choices(rt, resume.get("runtime") if resume else None, explicit)
+    rt, notice = keep_resumed_choices(rt, resume.get("runtime") if resume else None, run.explicit)
     if notice and rt.is_main:
         print(notice, file=sys.stderr)
     console = make_console(rt.is_main)
     ckpt_dir = run_dir / "checkpoints"
-    impl = resolve_impl(cfg["loss_impl"], rt.device)
-    # SSE + β·KL through the fused kernels, plus what config adds (σ-VAE, free bits, perceptual, SSIM);
-    # built first, so a missing VGG weights file ends the run before any data work.
-    loss_fn = Objective(cfg, impl=impl, download_weights=download, autocast=rt.autocast).to(rt.device)
-    torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
+
+    # ------------------------------------------------------------------ model + optimizer
+    # Built before any data work, so that a missing VGG weights file ends the run first.
+    training = build_training(cfg, rt, download=run.download)
+    raw, model, loss_fn, optimizer, scaler, impl = (training.raw, training.model, training.loss_fn, training.optimizer,
+                                                    training.scaler, training.impl)
+    n_params = sum(p.numel() for p in raw.parameters())
 
     # ------------------------------------------------------------------ data
     shards = prepare_default_data(cfg, rt, console)
@@ -147,18 +150,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     # CPU compile "auto": on when the steps still to run repay the compile time
     rt = decide_compile(rt, min(total_steps, cfg["stop_at_step"] or total_steps) - (resume["step"] if resume else 0))
 
-    # ------------------------------------------------------------------ model
-    raw, model = build_model(VAEConfig.from_dict(cfg), rt, impl)
-    n_params = count_parameters(raw)
-    # Counting FLOPs imports torch._dynamo (~1.5 s): only worth it where the MFU line is shown.
-    flops_per_image = vae_flops_per_image(raw.cfg) if rt.device.type == "cuda" else None
-
-    # ------------------------------------------------------------------ optimizer
-    groups = [{"params": list(raw.parameters())}]
-    if loss_fn.trainable():  # the learned σ: no weight decay towards σ = 0
-        groups.append({"params": loss_fn.trainable(), "weight_decay": 0.0})
-    optimizer = make_optimizer(groups, cfg, rt.device)  # fused on CUDA, foreach on CPU
-    scaler = rt.grad_scaler()
+    # ------------------------------------------------------------------ state (fresh or resumed)
     step, start_epoch, skip_batches, best_val_elbo = 0, 0, 0, None
     log = MetricsLog(run_dir / "metrics.jsonl" if rt.is_main else None)
     # Optional TensorBoard events; a resumed run hides what the interrupted one wrote after its checkpoint.
@@ -181,9 +173,8 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
     lr_table = [lr_at(s, lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
                       schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"]) for s in range(total_steps)]
     beta_table = [config_beta_at(s, cfg, total_steps) for s in range(total_steps)]
-    params = list(raw.parameters()) + loss_fn.trainable()
     train_step = TrainStep(model, loss_fn, optimizer, scaler, device=rt.device, autocast=rt.autocast,
-                           grad_clip=cfg["grad_clip"], params=params, lr_table=lr_table, beta_table=beta_table,
+                           grad_clip=cfg["grad_clip"], params=training.params, lr_table=lr_table, beta_table=beta_table,
                            start_step=step, compile_mode=rt.step_compile_mode, distributed=rt.distributed)
     train_step.load_log_state(resume.get("log_sums") if resume else None)
     cadence = Cadence(cfg, step)
@@ -229,7 +220,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
         console.print(f"[bold]loss:[/] {loss_fn.describe()}, β schedule {cfg['kl_schedule']}")
         if rt.note:
             console.print(f"[bold]auto:[/] {rt.note}")
-    peak = _device_peak_flops(rt)
+    mfu = mfu_meter(raw.cfg, rt)  # images/s → MFU on CUDA; None elsewhere
 
     # ------------------------------------------------------------------ training loop
     train_images, train_seconds, stopped_early = 0, 0.0, False
@@ -265,8 +256,8 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
                                   "beta": beta_table[min(step, total_steps) - 1], "lr": train_step.lr_at(step - 1),
                                   "images_per_s": ips,
                                   **{k: v for k, v in means.items() if k not in ("loss", "rec", "kl")}}
-                        if peak:
-                            record["mfu"] = ips * flops_per_image / peak
+                        if mfu:
+                            record["mfu"] = mfu(ips)
                         log.log(record)
                         tb.scalars(step, {**record, "gpu_util": progress.take_gpu_util()}, "train")
                         progress.update(loss=record["loss"], rec=record["rec"], kl=record["kl"], ips=ips,
@@ -341,7 +332,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
 
     # ------------------------------------------------------------------ artifacts (rank 0 only)
     writer.wait()
-    wall = time.perf_counter() - t_start
+    wall = time.perf_counter() - run.t_start
     if rt.is_main:
         _write_pictures(raw, cfg, rt, shards, run_dir, test.failures)
         plot_training_log(log.records, run_dir / "training_log.png", schedule=cfg["kl_schedule"], config=cfg,
@@ -351,7 +342,7 @@ def _run(cfg: dict, run_dir: Path, resume: dict | None, last: LastCheckpoint, ra
             "stopped_early": stopped_early, "parameters": n_params,
             "checkpoint_seconds": writer.waited, "checkpoint_writes": writer.writes,
             "images_per_s": train_images / train_seconds if train_seconds else None,
-            "train_flops_per_image": flops_per_image,
+            "train_flops_per_image": mfu.flops_per_image if mfu else None,
             "wall_time_s": wall, "runtime": rt.describe(), "loss_impl": impl, "loader": train_loader.backend,
             "world_size": world_size, "evaluation": scalars_of(evaluation),
         }
@@ -392,15 +383,8 @@ def _with_resume_hint(err: BaseException, last: LastCheckpoint, run_dir: Path) -
     return Interrupted(signum, f"stopped by {signal_name(signum)} without saving; {last.describe()}; {how}")
 
 
-def _device_peak_flops(rt) -> float | None:
-    """Measured matmul peak of the GPU in the AMP dtype: the MFU denominator (CUDA only)."""
-    if rt.device.type != "cuda":
-        return None
-    return measure_matmul_peak(rt.device, rt.amp_dtype or torch.float32)
-
-
 @torch.no_grad()
-def _write_pictures(raw: ConvVAE, cfg: dict, rt, shards: Path, run_dir: Path, failures) -> None:
+def _write_pictures(raw, cfg: dict, rt, shards: Path, run_dir: Path, failures) -> None:
     """reconstructions.png, samples.png, interpolation.png, failures.png from the final weights."""
     raw.eval()
     gen = torch.Generator(device=rt.device).manual_seed(cfg["seed"] + 2)

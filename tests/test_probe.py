@@ -337,7 +337,9 @@ def test_train_py_runs_with_the_probes_choice_and_reports_it(cache, monkeypatch,
         built.append(rt)
         raise ConfigError("enough")
 
-    monkeypatch.setattr(train, "build_model", stop_at_build)
+    import model.training.step as step_module
+
+    monkeypatch.setattr(step_module, "build_model", stop_at_build)
     assert train.main(["--out", str(out), "--resume"]) == 2
     assert built[0].channels_last is True and built[0].chosen_by["channels_last"] == "checkpoint"
     assert built[0].compile is False and elsewhere.steps[FP32] >= 1

@@ -7,10 +7,15 @@ evaluation every training run ends with.
     figures.py   evaluation.png and failure_modes.png
     report.py    the rich table printed at the end
     run.py       evaluate_model: all of the above, all ranks reading, rank 0 writing
+    pictures.py  labelled tables of faces (failure modes here; strips, reconstructions, edits for python -m model)
+    outputs.py   files written whole (temp + rename), one PNG per image, animated GIFs
 
 The metric functions themselves are in ``model.metrics``.
 """
+from model.evaluation.report import evaluation_table
 from model.evaluation.run import FILES, evaluate_model
-from model.evaluation.settings import FULL, LIGHT, EvalSettings
+from model.evaluation.settings import FULL, LIGHT, EvalSettings, eval_settings
+from model.evaluation.summary import scalars_of
 
-__all__ = ["FILES", "FULL", "LIGHT", "EvalSettings", "evaluate_model"]
+__all__ = ["FILES", "FULL", "LIGHT", "EvalSettings", "eval_settings", "evaluate_model", "evaluation_table",
+           "scalars_of"]

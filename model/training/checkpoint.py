@@ -27,8 +27,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
-from typing import Iterator
+from typing import Any, Callable, Iterator
 import zipfile
 
 import numpy as np

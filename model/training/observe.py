@@ -16,14 +16,12 @@ import io
 import json
 import math
 import numbers
+from dataclasses import dataclass
 from pathlib import Path
 import statistics
 import threading
 import time
-from typing import Any
-from typing import Any, Iterable, Iterator
-from typing import Any, Iterable, Sequence
-from typing import Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -298,6 +296,27 @@ class GpuUtilSampler:
 # Measured (a large bf16/fp32 matmul), not read from a spec sheet, so the ratio is honest on any
 # device, including this project's CPU machines. The numerator is :mod:`model.flops`.
 # ====================================================================================================
+@dataclass
+class MFU:
+    """images/s → model FLOPs utilisation: counted FLOPs per image (forward + backward) ÷ the measured matmul peak."""
+
+    flops_per_image: int
+    peak: float
+
+    def __call__(self, images_per_s: float) -> float:
+        return images_per_s * self.flops_per_image / self.peak
+
+
+def mfu_meter(model_cfg: Any, rt: Any) -> MFU | None:
+    """The MFU line's meter on CUDA, None elsewhere (counting FLOPs imports torch._dynamo, ~1.5 s: only worth
+    it where the line is shown)."""
+    if rt.device.type != "cuda":
+        return None
+    from model.flops import vae_flops_per_image
+
+    return MFU(vae_flops_per_image(model_cfg), measure_matmul_peak(rt.device, rt.amp_dtype or torch.float32))
+
+
 def measure_matmul_peak(device: str | torch.device, dtype: torch.dtype = torch.bfloat16,
                         n: int | None = None, seconds: float = 0.5, windows: int = 4) -> float:
     """Achieved FLOP/s of a square matmul on ``device``: the denominator of MFU.

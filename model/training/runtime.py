@@ -9,7 +9,6 @@ Sections (each keeps the notes of the module it was):
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
 from dataclasses import asdict, dataclass, field, replace
 import datetime
 import hashlib
@@ -18,7 +17,6 @@ import os
 from pathlib import Path
 import sys
 import time
-from typing import Any, Callable
 from typing import Any, Callable, Protocol
 
 import torch

@@ -10,6 +10,7 @@ Sections (each keeps the notes of the module it was):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -307,11 +308,46 @@ class Cadence:
 # wrapped in DDP as the runtime says. train.py and the train-step benchmark both
 # build it here, so what the benchmark measures is what training runs.
 # ====================================================================================================
-def build_model(vae_cfg: VAEConfig, rt: "Runtime", loss_impl: str) -> tuple[ConvVAE, nn.Module]:
+@dataclass
+class Training:
+    """What trains: the network (``raw``; ``model`` is what the step calls, under DDP when distributed), its
+    objective, the optimizer and its GradScaler, and the loss implementation they run."""
+
+    raw: ConvVAE
+    model: nn.Module
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    impl: str
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """Every trained parameter: the network's and the objective's (the learned σ)."""
+        return list(self.raw.parameters()) + self.loss_fn.trainable()
+
+
+def build_training(cfg: dict[str, Any], rt: "Runtime", *, download: bool = False) -> Training:
+    """The network, its objective and AdamW as train.py runs them. The objective comes first, so that a missing
+    VGG weights file ends the run before anything else is built or read."""
+    from kernels import resolve_impl
+    from model.losses.objective import Objective
+
+    impl = resolve_impl(cfg["loss_impl"], rt.device)
+    # SSE + β·KL through the fused kernels, plus what config adds (σ-VAE, free bits, perceptual, SSIM)
+    loss_fn = Objective(cfg, impl=impl, download_weights=download, autocast=rt.autocast).to(rt.device)
+    torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
+    raw, model = build_model(cfg, rt, impl)
+    groups = [{"params": list(raw.parameters())}]
+    if loss_fn.trainable():  # the learned σ: no weight decay towards σ = 0
+        groups.append({"params": loss_fn.trainable(), "weight_decay": 0.0})
+    return Training(raw, model, loss_fn, make_optimizer(groups, cfg, rt.device), rt.grad_scaler(), impl)
+
+
+def build_model(vae_cfg: VAEConfig | dict[str, Any], rt: "Runtime", loss_impl: str) -> tuple[ConvVAE, nn.Module]:
     """(raw, model): ``raw`` is the ConvVAE itself (checkpoints, evaluation, pictures); ``model`` is
     what the training step calls (``raw``, under DDP when distributed). The step compiles it together
     with the loss (:class:`model.training.step.TrainStep`)."""
-    raw = ConvVAE(vae_cfg, loss_impl=loss_impl)
+    raw = ConvVAE(vae_cfg if isinstance(vae_cfg, VAEConfig) else VAEConfig.from_dict(vae_cfg), loss_impl=loss_impl)
     if rt.sync_batchnorm:
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw = raw.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
