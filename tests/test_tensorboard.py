@@ -161,7 +161,7 @@ def test_train_refuses_a_non_bool_in_one_line(capsys, tmp_path):
 # ---------------------------------------------------------------- end to end
 SMALL = ["--channels", "16,32,64,128", "--latent_dim", "32", "--loss_impl", "torch", "--compile", "false",
          "--batch_size", "16", "--eval_batch_size", "64", "--log_interval", "2", "--kl_warmup_steps", "10",
-         "--warmup_steps", "3", "--n_samples", "16", "--num_threads", "1"]
+         "--warmup_steps", "3", "--n_samples", "16", "--num_threads", "1", "--amp", "off"]  # fp32 on every CPU
 
 
 def run_train(*args) -> None:

@@ -17,7 +17,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--channels", "16,32,64,128", "--latent_dim", "32", "--loss_impl", "torch", "--compile", "false",
          "--batch_size", "16", "--eval_batch_size", "64", "--log_interval", "2", "--kl_warmup_steps", "10",
-         "--warmup_steps", "3", "--n_samples", "16", "--num_threads", "1"]
+         "--warmup_steps", "3", "--n_samples", "16", "--num_threads", "1",
+         # fp32 everywhere: "auto" trains in bf16 on AVX512-BF16/AMX CPUs and fp32 elsewhere (VAE_NO_PROBE=1), so the
+         # runs these settings compare (resume, stop, kill -9, DDP, multi-node) would check different things per CPU
+         "--amp", "off"]
 # On CUDA the exact-resume comparison needs deterministic kernels (cuBLAS workspace, no cuDNN autotuning).
 SMALL += ["--deterministic", "true"] if torch.cuda.is_available() else []
 ARTIFACTS = ("config.json", "metrics.jsonl", "training_log.png", "reconstructions.png", "samples.png",
