@@ -173,6 +173,25 @@ def test_bad_shards_dir_is_one_clear_error(tmp_path, capsys):
     assert "manifest.json" in capsys.readouterr().err
 
 
+def test_loss_bench_times_the_same_loss_on_every_path():
+    """bench.loss compares like with like: its eager and fused paths give one loss for the same inputs."""
+    import torch
+
+    from bench.loss import _inputs, _loss_path
+    from kernels import resolve_impl
+    from pipeline.loader import resolve_device
+
+    device = resolve_device(None)
+    if resolve_impl("auto", device) != "triton":
+        pytest.skip("the fused path needs CUDA or TRITON_INTERPRET=1")
+    inp = _inputs(3, device, torch.float32)
+    args = (inp["mu"], inp["logvar"], inp["logits"], inp["x"], inp["beta"])
+    (_, eager), (_, fused), (_, recompute) = (_loss_path(impl, grad_in_forward=g)(*args)
+                                               for impl, g in (("torch", True), ("triton", True), ("triton", False)))
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(recompute, eager, rtol=1e-5, atol=1e-3)
+
+
 def test_flops_per_image_counts_the_configured_model_without_moving_the_rng():
     """train.py counts FLOPs for its MFU line mid-setup: that must not shift the run's RNG stream."""
     import torch
