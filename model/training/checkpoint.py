@@ -319,33 +319,34 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         raise ConfigError(f"checkpoint {source} was made for a different model: {detail}") from None
 
 
-def _to_host(obj: Any, pool: dict[str, torch.Tensor], key: str, pinned: bool) -> Any:
-    """``obj`` with every tensor copied into ``pool``'s host buffer for ``key`` (allocated once, pinned
-    for CUDA sources; copies from the device are queued, not waited for)."""
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor, str], torch.Tensor], key: str = "") -> Any:
+    """``obj`` (a checkpoint's nesting of dicts, lists and tuples) with every tensor replaced by
+    ``fn(tensor, key)``, ``key`` naming its place ("model/enc.0.weight"); everything else as it is."""
     if isinstance(obj, torch.Tensor):
-        src = obj.detach()
-        buf = pool.get(key)
+        return fn(obj.detach(), key)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn, f"{key}/{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and any(isinstance(v, (torch.Tensor, dict, list, tuple)) for v in obj):
+        return type(obj)(map_tensors(v, fn, f"{key}/{i}") for i, v in enumerate(obj))
+    return obj
+
+
+def _to_host(obj: Any, pool: dict[str, torch.Tensor], key: str, pinned: bool) -> Any:
+    """``obj`` with every tensor copied into ``pool``'s host buffer for its place (allocated once, pinned
+    for CUDA sources; copies from the device are queued, not waited for)."""
+    def copy(src: torch.Tensor, place: str) -> torch.Tensor:
+        buf = pool.get(place)
         if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
             buf = torch.empty(src.shape, dtype=src.dtype, device="cpu", pin_memory=pinned and src.is_cuda)
-            pool[key] = buf
-        buf.copy_(src, non_blocking=src.is_cuda)
-        return buf
-    if isinstance(obj, dict):
-        return {k: _to_host(v, pool, f"{key}/{k}", pinned) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and any(isinstance(v, (torch.Tensor, dict, list, tuple)) for v in obj):
-        return type(obj)(_to_host(v, pool, f"{key}/{i}", pinned) for i, v in enumerate(obj))
-    return obj
+            pool[place] = buf
+        return buf.copy_(src, non_blocking=src.is_cuda)
+
+    return map_tensors(obj, copy, key)
 
 
 def snapshot_on_device(obj: Any) -> Any:
     """A copy of ``obj``'s tensors where they live (a device-to-device copy: no host work, no sync)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: snapshot_on_device(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and any(isinstance(v, (torch.Tensor, dict, list, tuple)) for v in obj):
-        return type(obj)(snapshot_on_device(v) for v in obj)
-    return obj
+    return map_tensors(obj, lambda t, _: t.clone())
 
 
 class CheckpointWriter:
