@@ -33,16 +33,18 @@ from model.evaluation import eval_settings, evaluate_model, evaluation_table, sc
 from model.training.checkpoint import (BestState, CheckpointWriter, DiskFull, LastCheckpoint, RunLock, check_fresh_run,
                                        load_checkpoint, load_model_state, make_checkpoint, remove_temps, save_atomic,
                                        set_rng_state, write_text)
-from model.training.config import (build_parser, check_bounds, model_mismatch, parse_overrides, read_config_file,
-                                   validate)
-from model.training.data import open_loader, prepare_default_data
-from model.training.observe import (EpochProgress, MetricsLog, TensorBoardLog, epoch_table, make_console, mfu_meter,
-                                    plot_interpolation, plot_pairs, plot_samples, plot_training_log)
+from model.training.config import (build_parser, check_bounds, layered_keys, model_mismatch, parse_overrides,
+                                   read_config_file, validate as validate_config)
+from model.training.data import check_shards, open_loader, prepare_default_data
+from model.training.observe import (EpochProgress, FirstImages, LogSinks, MetricsLog, TensorBoardLog, epoch_table,
+                                    make_console, mfu_meter, plot_interpolation, plot_pairs, plot_samples,
+                                    plot_training_log)
 from model.training.runtime import (decide_compile, init_distributed, keep_resumed_choices, launch_rank, probe_step,
-                                    resolve_runtime, runtime_choices, shutdown_distributed)
+                                    resolve_length, resolve_runtime, runtime_choices, shutdown_distributed)
 from model.training.signals import StopSignals, resume_command
-from model.training.step import Cadence, TrainingDiverged, TrainStep, build_training, config_beta_at, lr_at
-from model.training.validate import evaluate
+from model.training.step import (Cadence, CheckpointPolicy, TrainingDiverged, TrainStep, build_training,
+                                 config_beta_at, lr_at)
+from model.training.validate import ElboSums, validate
 from pipeline.errors import (ConfigError, Interrupted, cli_entry, disk_full_message, is_disk_full, same_command,
                              signal_name)
 
@@ -59,6 +61,7 @@ class Run:
     t_start: float
     download: bool = False  # --download-perceptual-weights
     explicit: set[str] = field(default_factory=set)  # config keys given on the command line
+    layered: set[str] = field(default_factory=set)  # config keys a --config file set (to other than config.json's)
 
 
 @cli_entry
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                              "pictures are removed first (without this, such a directory is refused)")
     args, overrides = parse_overrides(parser, argv)
     base = read_config_file(args.config)
+    layered = layered_keys(base)
     run_dir = Path(args.out) if args.out else Path(overrides.get("out_dir", base["out_dir"])) / overrides.get("name", base["name"])
     ckpt_dir = run_dir / "checkpoints"
     with RunLock(run_dir, enabled=launch_rank() == 0, break_lock=args.break_lock) as lock:  # one trainer per run dir
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             resume = load_checkpoint(ckpt_dir / "last.pt")
             base = {**base, **resume["config"]}  # the run's own settings; the command line still wins
-        cfg = validate({**base, **overrides})
+        cfg = validate_config({**base, **overrides})
         check_bounds(cfg)
         if resume is not None and (diff := model_mismatch(resume["config"], cfg)):
             raise ConfigError(f"checkpoint {ckpt_dir / 'last.pt'} is from another model config ({'; '.join(diff)})")
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with contextlib.ExitStack() as closing:  # what _run opens that must close on every path
                 run = Run(run_dir, last, rank, local_rank, world_size, t_start,
-                          download=args.download_perceptual_weights, explicit=set(overrides))
+                          download=args.download_perceptual_weights, explicit=set(overrides), layered=layered)
                 return _run(cfg, run, resume, closing)
         except (KeyboardInterrupt, DiskFull) as err:
             raise _with_resume_hint(err, last, run_dir) from None
@@ -140,15 +144,20 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
 
     # ------------------------------------------------------------------ data
     shards = prepare_default_data(cfg, rt, console)
-    if rt.is_main:  # only once the data is known to be good: bad input leaves no half-made run dir
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
     train_loader = open_loader(cfg, rt, shards, "train", train=True)
     val_loader = open_loader(cfg, rt, shards, "val")
     steps_per_epoch = len(train_loader)  # ≥ 1: make_loader refuses a batch larger than a rank's part
-    total_steps = cfg["epochs"] * steps_per_epoch
+    # The run's length in steps: given, from epochs, or a train_seconds budget divided by this device's step
+    cfg, length_note = resolve_length(cfg, rt, impl, steps_per_epoch=steps_per_epoch, counts=check_shards(shards),
+                                      explicit=run.explicit | run.layered, resuming=resume is not None)
+    total_steps = cfg["steps"]
     # CPU compile "auto": on when the steps still to run repay the compile time
     rt = decide_compile(rt, min(total_steps, cfg["stop_at_step"] or total_steps) - (resume["step"] if resume else 0))
+    if rt.is_main:  # once data and length are settled: bad input leaves no half-made run dir
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")  # the resolved steps: reruns match
+        if length_note:
+            console.print(f"[bold]length:[/] {length_note}")
 
     # ------------------------------------------------------------------ state (fresh or resumed)
     step, start_epoch, skip_batches, best_val_elbo = 0, 0, 0, None
@@ -156,6 +165,7 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
     # Optional TensorBoard events; a resumed run hides what the interrupted one wrote after its checkpoint.
     tb = closing.enter_context(TensorBoardLog(run_dir, enabled=cfg["tensorboard"] and rt.is_main,
                                               purge_step=resume["step"] + 1 if resume else None))
+    sinks = LogSinks(log, tb)  # where every record goes; each epoch's progress bar joins while it runs
     if resume is not None:
         load_model_state(raw, resume["model"], ckpt_dir / "last.pt")
         loss_fn.load_state(resume.get("objective"))
@@ -182,6 +192,7 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
     # (a sub-millisecond collective) and at log points on CUDA (where the log syncs anyway): see signals.py.
     stop = StopSignals(distributed=rt.distributed, check_every=1 if rt.device.type == "cpu" else 0,
                        device=rt.device, announce=rt.is_main)
+    policy = CheckpointPolicy(cfg, cadence, stop)  # when last.pt is written and the loop stops
     # Checkpoints: written by a background thread (rank 0); the best state waits on the device for the next write.
     writer = CheckpointWriter(ckpt_dir, rt.device, save=save_atomic, done=last.written)
     closing.callback(writer.drain)  # an error path still lets a write in flight finish
@@ -204,7 +215,6 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
             writer.write({name: state for name, state in files.items() if state is not None})
         else:
             last.step = step
-        cadence.checkpointed()
 
     def diverged(bad: int, epoch: int) -> TrainingDiverged:
         writer.drain()
@@ -223,7 +233,7 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
     mfu = mfu_meter(raw.cfg, rt)  # images/s → MFU on CUDA; None elsewhere
 
     # ------------------------------------------------------------------ training loop
-    train_images, train_seconds, stopped_early = 0, 0.0, False
+    train_images, train_seconds = 0, 0.0
     images_per_step = cfg["batch_size"] * world_size
     epoch = start_epoch - 1  # a resumed, already finished run goes straight to the test
     with stop:  # inside, SIGINT/SIGTERM stop the loop after the current step, with a checkpoint
@@ -231,18 +241,18 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
             train_loader.set_epoch(epoch)
             batches = iter(train_loader)
             first = skip_batches if epoch == start_epoch else 0
+            epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)  # the last may end early
             for _ in range(first):  # mid-epoch resume: replay the loader to the checkpoint's position
                 next(batches)
-            progress = EpochProgress(console, epoch, cfg["epochs"], steps_per_epoch, completed=first, device=rt.device)
             t_epoch, epoch_images, t_log, images_since_log = time.perf_counter(), 0, time.perf_counter(), 0
-            save_at_epoch_end = False
-            with progress:
-                for i, x in enumerate(batches, start=first):
+            with sinks.showing(EpochProgress(console, epoch, cfg["epochs"], epoch_steps, completed=first,
+                                             device=rt.device)) as progress:
+                for i, x in zip(range(first, epoch_steps), batches):  # range first: no batch read past the end
                     train_step(x)  # queued on the device: nothing here waits for it
                     step += 1
                     epoch_images += images_per_step
                     images_since_log += images_per_step
-                    last_batch = i + 1 == steps_per_epoch
+                    last_batch = i + 1 == epoch_steps
                     logging = cadence.log_due(step, last_batch)
                     if logging:  # the one host read of a log point: means over every step since the last one
                         means, bad, seconds = train_step.read_logs(time.perf_counter() - t_log)
@@ -258,42 +268,29 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
                                   **{k: v for k, v in means.items() if k not in ("loss", "rec", "kl")}}
                         if mfu:
                             record["mfu"] = mfu(ips)
-                        log.log(record)
-                        tb.scalars(step, {**record, "gpu_util": progress.take_gpu_util()}, "train")
-                        progress.update(loss=record["loss"], rec=record["rec"], kl=record["kl"], ips=ips,
-                                        mfu=record.get("mfu"))
+                        sinks.write(record, gpu_util=progress.take_gpu_util())
                         t_log, images_since_log = now, 0
                     progress.advance()
-                    # An epoch's last step is saved after validation, below, except on a signal: then last.pt is
-                    # written at once and the epoch's end (validation, best.pt) waits for the resumed run, so
-                    # a stop never waits for a validation (a scheduler's grace period may be 30 s).
-                    signalled = stop.should_stop(step, force=logging)
-                    at_stop_step = bool(cfg["stop_at_step"] and step >= cfg["stop_at_step"])
-                    due = cadence.checkpoint_due(step, logging)
-                    if signalled or ((at_stop_step or due) and not last_batch):
+                    when = policy.after_step(step, logged=logging, last_batch=last_batch)
+                    if when:
                         save(epoch, i + 1)
-                    elif due:
-                        save_at_epoch_end = True
-                    if signalled or (at_stop_step and not last_batch):
-                        stopped_early = True
+                    if when == policy.STOP:
                         break
             epoch_seconds = time.perf_counter() - t_epoch
             train_images += epoch_images
             train_seconds += epoch_seconds
-            if stopped_early:
+            if policy.stopped_early:  # a signal or stop_at_step inside the epoch: last.pt is written
                 break
 
             # ---------------------------------------------------------- validation + checkpoints
             try:  # a signal during validation: last.pt at the epoch's last step, the resumed run validates
-                val = evaluate(raw, stop.until_signal(tb.keep_first(val_loader)), rt, impl=impl,
+                val = validate(raw, stop.until_signal(tb.keep_first(val_loader)), rt, impl=impl,
                                seed=cfg["seed"]).metrics
             except StopSignals.Cut:
-                stop.should_stop(step, force=True)
-                save(epoch, steps_per_epoch)
-                stopped_early = True
+                policy.validation_cut(step)
+                save(epoch, epoch_steps)
                 break
-            log.log({"kind": "val", "step": step, "epoch": epoch + 1, **val})
-            tb.scalars(step, val, "val")
+            sinks.write({"kind": "val", "step": step, "epoch": epoch + 1, **val})
             tb.pictures(step, raw, seed=cfg["seed"] + 3, autocast=rt.autocast)  # kept val images, fixed z
             is_best = best_val_elbo is None or val["elbo"] > best_val_elbo
             if is_best:
@@ -303,43 +300,45 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
             train_rec = [r for r in log.records if r["kind"] == "train" and r["epoch"] == epoch + 1]
             console.print(epoch_table(epoch + 1, cfg["epochs"], train_rec[-1] if train_rec else None, val,
                                       epoch_images / epoch_seconds, progress.gpu_util, is_best))
-            signalled = stop.should_stop(step, force=True)
-            at_stop_step = bool(cfg["stop_at_step"] and step >= cfg["stop_at_step"])
-            if save_at_epoch_end or signalled or at_stop_step or epoch + 1 == cfg["epochs"]:
+            when = policy.at_epoch_end(step, epoch + 1)
+            if when:
                 save(epoch + 1, 0)
-            if signalled or at_stop_step:
-                stopped_early = epoch + 1 < cfg["epochs"]
+            if when == policy.STOP:
                 break
-    # last.pt holds this very step; the test evaluation waits for the resumed run. The second look catches a
-    # signal that came after the loop's last one (it set the flag, but nothing read it).
-    if stop.agreed or stop.should_stop(step, force=True):
+    if signum := policy.signalled(step):  # last.pt holds this very step; the test waits for the resumed run
         writer.wait()  # on disk (or its error, a full disk say, raised) before the line that names it
-        return _stopped(stop.agreed, step, last, rt, run_dir, (train_loader, val_loader))
+        return _stopped(signum, step, last, rt, run_dir, (train_loader, val_loader))
     # The final checkpoint is written while the test evaluation runs; the summary waits for it.
 
-    # ------------------------------------------------------------------ test evaluation
+    # ------------------------------------------------------------------ test: one closing pass
+    # One pass over the test split serves three readers: the diagnosing evaluation (model/evaluation: PSNR,
+    # SSIM, IWAE bits/dim, active units, blur, regions, attributes, diversity; light settings from config,
+    # rank 0 writing evaluation.{json,png}), the test metrics (the validation's numbers, with the worst
+    # reconstructions for failures.png) and the pictures' first faces. The loader keeps the run's cache
+    # setting although it is read once: a cached image is uint8 / 255, which can differ from DALI's streamed
+    # float in the last bit, and the test numbers stay those of a cached read, as they always were.
     test_loader = open_loader(cfg, rt, shards, "test", with_keys=True)
-    test = evaluate(raw, test_loader, rt, impl=impl, seed=cfg["seed"] + 1, worst_k=cfg["n_failures"])
-    log.log({"kind": "test", "step": step, "epoch": min(cfg["epochs"], epoch + 1), **test.metrics})
-    tb.scalars(step, test.metrics, "test")
-    # The diagnosing evaluation (model/evaluation): PSNR, SSIM, IWAE bits/dim, active units, blur, regions,
-    # attributes, diversity; light settings from config, all ranks reading, rank 0 writing evaluation.{json,png}.
-    evaluation = evaluate_model(raw, test_loader, rt, shards=shards, split="test", out_dir=run_dir,
-                                settings=eval_settings(cfg, test.metrics["count"], loss_fn.decoder_log_sigma()), total=test.metrics["count"],
-                                console=console, source={"step": step, "data": str(shards)})
-    tb.evaluation(step, evaluation or {})
+    count = test_loader.split.count  # every rank's part once: the test's own count
+    test_sums = ElboSums(raw, rt, impl=impl, seed=cfg["seed"] + 1, worst_k=cfg["n_failures"])
+    faces = FirstImages(max(cfg["n_reconstructions"], 2) if rt.is_main else 0)
+    evaluation = evaluate_model(raw, test_loader, rt, shards=shards, split="test", out_dir=run_dir, total=count,
+                                settings=eval_settings(cfg, count, loss_fn.decoder_log_sigma()), console=console,
+                                source={"step": step, "data": str(shards)}, also=(test_sums.add, faces))
     test_loader.close()
+    test = test_sums.result()
+    sinks.write({"kind": "test", "step": step, "epoch": min(cfg["epochs"], epoch + 1), **test.metrics})
+    tb.evaluation(step, evaluation or {})
 
     # ------------------------------------------------------------------ artifacts (rank 0 only)
     writer.wait()
     wall = time.perf_counter() - run.t_start
     if rt.is_main:
-        _write_pictures(raw, cfg, rt, shards, run_dir, test.failures)
+        _write_pictures(raw, cfg, rt, run_dir, faces, test.failures, shards)
         plot_training_log(log.records, run_dir / "training_log.png", schedule=cfg["kl_schedule"], config=cfg,
                           total_steps=total_steps)
         summary = {
             "test": test.metrics, "best_val_elbo": best_val_elbo, "steps": step, "epochs_done": round(step / steps_per_epoch, 3),
-            "stopped_early": stopped_early, "parameters": n_params,
+            "stopped_early": policy.stopped_early, "parameters": n_params,
             "checkpoint_seconds": writer.waited, "checkpoint_writes": writer.writes,
             "images_per_s": train_images / train_seconds if train_seconds else None,
             "train_flops_per_image": mfu.flops_per_image if mfu else None,
@@ -384,20 +383,15 @@ def _with_resume_hint(err: BaseException, last: LastCheckpoint, run_dir: Path) -
 
 
 @torch.no_grad()
-def _write_pictures(raw, cfg: dict, rt, shards: Path, run_dir: Path, failures) -> None:
-    """reconstructions.png, samples.png, interpolation.png, failures.png from the final weights."""
+def _write_pictures(raw, cfg: dict, rt, run_dir: Path, faces: FirstImages, failures, shards: Path) -> None:
+    """reconstructions.png, samples.png, interpolation.png, failures.png from the final weights; ``faces``: the
+    test split's first images, read along the closing pass."""
     raw.eval()
     gen = torch.Generator(device=rt.device).manual_seed(cfg["seed"] + 2)
-    need = max(cfg["n_reconstructions"], 2)
-    loader = open_loader(cfg, rt, shards, "test", with_keys=True, whole_split=True, read_once=True)
-    images, keys = [], []
-    for x, k in loader:
-        images.append(x)
-        keys += k
-        if len(keys) >= need:
-            break
-    loader.close()
-    x = torch.cat(images)[:need]
+    if not faces.full and rt.world_size > 1:  # rank 0's part of a small split holds fewer: read the split's own
+        with open_loader(cfg, rt, shards, "test", with_keys=True, whole_split=True, read_once=True) as loader:
+            faces = FirstImages(faces.n).read(loader)
+    x, keys = faces.batch, faces.keys
     with rt.autocast():
         n = cfg["n_reconstructions"]
         plot_pairs(x[:n].cpu(), raw.reconstruct(x[:n]).cpu(), run_dir / "reconstructions.png",

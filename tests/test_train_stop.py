@@ -168,9 +168,9 @@ def test_a_signal_during_validation_cuts_it_short(shards_dir, tmp_path, capsys, 
     step with the epoch unfinished (the resumed run validates, as after a stop in that step), no val record."""
     import train
 
-    real = train.evaluate
+    real = train.validate
 
-    def evaluate(model, batches, *args, **kwargs):
+    def validate(model, batches, *args, **kwargs):
         def signalled():
             for i, batch in enumerate(batches):
                 if i == 1:
@@ -178,7 +178,7 @@ def test_a_signal_during_validation_cuts_it_short(shards_dir, tmp_path, capsys, 
                 yield batch
         return real(model, signalled(), *args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(train, "validate", validate)
     out = tmp_path / "run"
     rc, err = _main(capsys, "--data", shards_dir, "--out", out, *SETTINGS, "--eval_batch_size", 8)
     assert rc == 143 and "stopped by SIGTERM at step 12:" in err, err

@@ -6,12 +6,13 @@ energy of input and reconstruction, MSE inside and outside the face ellipse; thr
 ``iwae_images`` images also get K importance-sampled log-weights. Everything stays on the device
 until the end of a batch's work; the per-image numbers go to the CPU once per batch, in one copy, and
 the worst images of each failure mode are kept on the device (``WorstK``) and copied once, at the end.
+Other readers of the split can share the pass (``also``): a training run's test metrics and pictures do.
 Under DDP each rank reads its own share of the split and the results are gathered at the end.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -47,10 +48,13 @@ class Collected:
 
 @torch.no_grad()
 def collect(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[str]]], rt: Any, settings: EvalSettings,
-            *, accessory_keys: frozenset[str] = frozenset(), progress: Callable[[int], None] | None = None) -> Collected:
+            *, accessory_keys: frozenset[str] = frozenset(), progress: Callable[[int], None] | None = None,
+            also: Sequence[Callable[[torch.Tensor, list[str]], None]] = ()) -> Collected:
     """Run the model over ``batches`` ((images, keys) of this rank's share) and gather all ranks' results.
 
-    ``rt`` gives ``device``, ``rank``, ``world_size``, ``distributed`` and ``autocast()``.
+    ``rt`` gives ``device``, ``rank``, ``world_size``, ``distributed`` and ``autocast()``. ``also``: what
+    else reads this pass, each called with every batch as the loader gave it (the model in eval mode, no
+    gradients); with any, the pass reads the whole share even where ``settings.images`` looks at fewer.
     """
     was_training = model.training
     model.eval()
@@ -66,9 +70,13 @@ def collect(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[s
     face_sum, mask = None, None
     try:
         for x, keys in batches:
+            for see in also:
+                see(x, keys)
             if limit is not None:
                 x, keys = x[:limit - len(keys_seen)], keys[:limit - len(keys_seen)]
             if not len(keys):
+                if also:
+                    continue
                 break
             x = x.float()
             with rt.autocast():

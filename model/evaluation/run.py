@@ -10,7 +10,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -29,9 +29,11 @@ FILES = ("evaluation.json", "evaluation.png", "failure_modes.png")
 
 def evaluate_model(model: torch.nn.Module, batches: Iterable, rt: Any, *, shards: Path, split: str,
                    settings: EvalSettings, out_dir: Path, total: int, console: Any = None,
-                   source: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                   source: dict[str, Any] | None = None,
+                   also: Sequence[Callable[[torch.Tensor, list[str]], None]] = ()) -> dict[str, Any] | None:
     """Evaluate ``model`` on ``batches`` ((images, keys) of this rank's share of ``split``); ``total``:
-    images of the whole split. Returns evaluation.json's content on rank 0, None on the others."""
+    images of the whole split; ``also``: other readers of the same pass (see :func:`collect`). Returns
+    evaluation.json's content on rank 0, None on the others."""
     from pipeline.shards import read_attributes
 
     t0 = time.perf_counter()
@@ -42,7 +44,7 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable, rt: Any, *, shards
         accessory_keys = frozenset(k for k, m in zip(attrs.keys, attrs.masks) if any(m >> c & 1 for c in cols))
     shown = rt.is_main and console is not None and not getattr(console, "quiet", False)
     with ProgressBar(shown, f"evaluating {split}", settings.images or total) as bar:
-        c = collect(model, batches, rt, settings, accessory_keys=accessory_keys, progress=bar.advance)
+        c = collect(model, batches, rt, settings, accessory_keys=accessory_keys, progress=bar.advance, also=also)
     if not rt.is_main:
         return None
 

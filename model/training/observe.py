@@ -3,7 +3,7 @@ tables, GPU utilisation (NVML) and the matmul peak behind the MFU line, TensorBo
 
 Sections (each keeps the notes of the module it was):
 
-    metrics_log      metrics.jsonl: one JSON object per log point and per evaluation
+    metrics_log      metrics.jsonl: one JSON object per log point and per evaluation; the list of log sinks
     progress         the live progress bar and the table per epoch
     gpu_util         GPU utilisation sampled with NVML while work runs
     peak             the device's achieved matmul FLOP/s: the MFU line's denominator
@@ -12,6 +12,7 @@ Sections (each keeps the notes of the module it was):
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -68,6 +69,11 @@ class MetricsLog:
         """A new run: an empty file."""
         self._rewrite([])
 
+    def write(self, record: dict[str, Any], **readings: Any) -> None:
+        """As one of :class:`LogSinks`: the record as it is. Readings of the machine stay out: this file holds
+        the run's own numbers, which a resumed run continues and the training-log plot reads."""
+        self.log(record)
+
     def log(self, record: dict[str, Any]) -> None:
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         if self.path:
@@ -100,6 +106,31 @@ def _read(path: Path) -> list[dict[str, Any]]:
             raise ConfigError(f"{path} line {i + 1} is not a metrics record (kind, step, epoch); {foreign}")
         records.append(record)
     return records
+
+
+class LogSinks:
+    """The one list of where the loop's records go: metrics.jsonl (:class:`MetricsLog`), TensorBoard
+    (:class:`TensorBoardLog`) and, while an epoch runs, its progress bar (:class:`EpochProgress`). Each
+    takes a record in its own form (``write(record, **readings)``); the loop sends it once."""
+
+    def __init__(self, *sinks: Any):
+        self.sinks = list(sinks)
+
+    def write(self, record: dict[str, Any], **readings: Any) -> None:
+        """``record`` (kind, step, epoch and its numbers) to every sink; ``readings``: the machine's state
+        (GPU utilisation), for the sinks that draw curves."""
+        for sink in self.sinks:
+            sink.write(record, **readings)
+
+    @contextlib.contextmanager
+    def showing(self, bar: "EpochProgress") -> Iterator["EpochProgress"]:
+        """``bar`` running, and among the sinks, for the ``with`` block (one epoch)."""
+        with bar:
+            self.sinks.append(bar)
+            try:
+                yield bar
+            finally:
+                self.sinks.remove(bar)
 
 
 # ====================================================================================================
@@ -146,6 +177,12 @@ class EpochProgress:
         if mfu is not None:
             stats += f"  MFU {100 * mfu:.1f}%"
         self.progress.update(self.task, stats=stats)
+
+    def write(self, record: dict[str, Any], **readings: Any) -> None:
+        """As one of :class:`LogSinks`: a train record's loss terms and rate on the bar (it shows no other kind)."""
+        if record["kind"] == "train":
+            self.update(loss=record["loss"], rec=record["rec"], kl=record["kl"], ips=record["images_per_s"],
+                        mfu=record.get("mfu"))
 
     @property
     def gpu_util(self) -> float | None:
@@ -409,6 +446,11 @@ class TensorBoardLog:
                 if key not in _BOOKKEEPING and _number(value):
                     self.writer.add_scalar(f"{prefix}/{key}", float(value), self._at(step))
 
+    def write(self, record: dict[str, Any], **readings: Any) -> None:
+        """As one of :class:`LogSinks`: the record's numbers and the machine's ``readings`` as curves under the
+        record's kind (``train/loss``, ``train/gpu_util``, ``val/elbo``)."""
+        self.scalars(record["step"], {**record, **readings}, record["kind"])
+
     def evaluation(self, step: int, metrics: dict) -> None:
         """evaluation.json's numbers, nested dicts flattened: ``eval/regions/inside``."""
         if self.enabled:
@@ -631,6 +673,37 @@ def _beta_panel(ax, train: list[dict[str, Any]], config: dict[str, Any] | None, 
         ax.set_ylim(bottom=0)
     _decorate(ax, "β schedule" + (f" ({schedule})" if schedule else ""))
     ax.set_ylabel("β (KL weight)")
+
+
+class FirstImages:
+    """The first ``n`` images of a pass and their keys, read along it (called with each batch): the faces of
+    reconstructions.png and interpolation.png, taken from the closing pass over the test split instead of
+    a loader of their own. Copies: a loader may reuse its buffers."""
+
+    def __init__(self, n: int):
+        self.n, self.images, self.keys = n, [], []
+
+    def __call__(self, x: torch.Tensor, keys: Sequence[str]) -> None:
+        take = self.n - len(self.keys)
+        if take > 0:
+            self.images.append(x[:take].clone())
+            self.keys += list(keys[:take])
+
+    @property
+    def full(self) -> bool:
+        return len(self.keys) >= self.n
+
+    def read(self, batches: Iterable[tuple[torch.Tensor, Sequence[str]]]) -> "FirstImages":
+        """Take them from ``batches`` (the first ones only)."""
+        for x, keys in batches:
+            self(x, keys)
+            if self.full:
+                break
+        return self
+
+    @property
+    def batch(self) -> torch.Tensor:
+        return torch.cat(self.images)
 
 
 def plot_pairs(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, *, title: str,

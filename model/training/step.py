@@ -302,6 +302,69 @@ class Cadence:
         self.since_checkpoint = 0.0
 
 
+class CheckpointPolicy:
+    """When the loop writes last.pt and when it stops, in one place. Each answer is ``None``, ``"save"`` or
+    ``"stop"`` (save, then stop), and the same on every rank (signals are agreed through ``stop``, the rest
+    is arithmetic on numbers the ranks share):
+
+    * time or steps (``checkpoint_every_s``, ``checkpoint_interval``, counted by :class:`Cadence`): at once,
+      except in an epoch's last step, whose checkpoint waits for the epoch's end (validated, with best.pt);
+    * a stop signal: at once, in whatever step it lands, then stop. A stop never waits for a validation (a
+      scheduler's grace period may be short): the epoch's end is left to the resumed run;
+    * ``stop_at_step``: at once, then stop; in an epoch's last step, at the epoch's end (validated);
+    * the end of the last epoch.
+    """
+
+    SAVE, STOP = "save", "stop"
+
+    def __init__(self, cfg: dict[str, Any], cadence: Cadence, stop: Any):
+        self.cadence, self.stop = cadence, stop  # stop: model.training.signals.StopSignals
+        self.stop_at, self.epochs = cfg["stop_at_step"], cfg["epochs"]
+        self.pending = False  # a checkpoint fell due in an epoch's last step: written at the epoch's end
+        self.stopped_early = False  # before the last epoch's end (summary.json's stopped_early)
+
+    def after_step(self, step: int, *, logged: bool, last_batch: bool) -> str | None:
+        """After every training step, on every rank (the ranks agree on signals here)."""
+        signalled = self.stop.should_stop(step, force=logged)
+        if signalled or (self._stop_step(step) and not last_batch):
+            self.stopped_early = True
+            return self._saving(self.STOP)
+        if self.cadence.checkpoint_due(step, logged):
+            if last_batch:
+                self.pending = True
+                return None
+            return self._saving(self.SAVE)
+        return None
+
+    def at_epoch_end(self, step: int, epochs_done: int) -> str | None:
+        """After the validation of the epoch that makes ``epochs_done``."""
+        if self.stop.should_stop(step, force=True) or self._stop_step(step):
+            self.stopped_early = epochs_done < self.epochs
+            return self._saving(self.STOP)
+        return self._saving(self.SAVE) if self.pending or epochs_done == self.epochs else None
+
+    def validation_cut(self, step: int) -> str:
+        """A signal cut the validation short: last.pt at the epoch's last step (the epoch unfinished), then stop."""
+        self.stop.should_stop(step, force=True)
+        self.stopped_early = True
+        return self._saving(self.STOP)
+
+    def signalled(self, step: int) -> int | None:
+        """The signal the run stops for after the loop, if any. The second look catches one that came after
+        the loop's last (it set the flag, but nothing read it): last.pt already holds this step."""
+        if self.stop.agreed or self.stop.should_stop(step, force=True):
+            return self.stop.agreed
+        return None
+
+    def _stop_step(self, step: int) -> bool:
+        return bool(self.stop_at and step >= self.stop_at)
+
+    def _saving(self, answer: str) -> str:
+        self.pending = False
+        self.cadence.checkpointed()
+        return answer
+
+
 # ====================================================================================================
 # build
 # The network as a run uses it: built from config, placed on the device in the run's memory format,

@@ -1,4 +1,5 @@
-"""Validation/test metrics, and the worst reconstructions for failures.png.
+"""Validation metrics (every epoch, :func:`validate`), the same numbers on the test split (:class:`ElboSums`,
+fed by the closing pass), and the worst reconstructions for failures.png.
 
 Per image: reconstruction error SSE (sum over C·H·W of (sigmoid(logits) − x)²), KL(q(z|x) ‖ N(0, I))
 summed over latents, and the ELBO = −(SSE + KL) with β = 1 (the bound itself, whatever β training
@@ -81,55 +82,72 @@ class EvalResult:
     failures: list[Failure] = field(default_factory=list)  # worst first
 
 
+class ElboSums:
+    """The validation's sums (SSE, KL, images) and worst reconstructions, a batch at a time (:meth:`add`),
+    so that the test's numbers can ride along the closing evaluation's pass over the split instead of a
+    pass of their own (train.py). ``add`` runs the model as it is: the caller puts it in eval mode."""
+
+    def __init__(self, model: nn.Module, rt: Runtime, *, impl: str, seed: int, worst_k: int = 0):
+        from kernels import sigmoid_sse
+
+        self.model, self.rt, self.impl, self.worst_k, self._sse = model, rt, impl, worst_k, sigmoid_sse
+        self.gen = torch.Generator(device=rt.device).manual_seed(seed + 7919 * rt.rank)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # SSE, KL, count (added on the device)
+        self.worst = WorstK(worst_k)
+        self.pixels: int | None = None
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, keys: list[str] | None = None) -> None:
+        """One batch; ``keys`` name its images among the failures."""
+        self.pixels = x[0].numel()
+        # The training forward with noise from this evaluation's own generator.
+        eps = torch.randn(x.shape[0], self.model.cfg.latent_dim, generator=self.gen, device=x.device)
+        with self.rt.autocast():
+            logits, _, _, kl = self.model(x, eps)
+        sse = self._sse(logits, x, impl=self.impl)
+        self.sums[:2] += torch.stack([sse.sum(), kl.sum()]).double()
+        self.sums[2] += x.shape[0]  # a Python number: a kernel argument, not a copy from the host
+        if self.worst_k:
+            self.worst.push(sse, sse, keys, x, torch.sigmoid(logits.float()))
+
+    def result(self) -> EvalResult:
+        """Means over every batch added, all ranks together under DDP (every rank calls this)."""
+        found = self.worst.result()
+        sums = self.sums
+        if self.rt.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+            if self.worst_k:
+                gathered: list[list[Failure]] = [[] for _ in range(self.rt.world_size)]
+                dist.all_gather_object(gathered, found)
+                found = [f for part in gathered for f in part]
+        sse_sum, kl_sum, count = (float(v) for v in sums.cpu())
+        n = max(count, 1.0)
+        metrics = {
+            "count": int(count),
+            "rec": sse_sum / n,
+            "mse_per_pixel": sse_sum / n / (self.pixels or 1),
+            "kl": kl_sum / n,
+            "elbo": -(sse_sum + kl_sum) / n,
+            "elbo_loss": (sse_sum + kl_sum) / n,
+        }
+        return EvalResult(metrics, worst_first(found, self.worst_k))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str, seed: int,
+def validate(model: nn.Module, batches: Iterable[Any], rt: Runtime, *, impl: str, seed: int,
              worst_k: int = 0) -> EvalResult:
-    """Mean SSE, MSE/pixel, KL and ELBO over ``batches`` (all ranks together under DDP).
-
-    ``batches`` yields images, or (images, keys) when ``worst_k`` > 0 (keys name the failures).
+    """Mean SSE, MSE/pixel, KL and ELBO over ``batches`` (all ranks together under DDP): the per-epoch
+    validation. ``batches`` yields images, or (images, keys) when ``worst_k`` > 0 (keys name the failures).
     """
-    from kernels import sigmoid_sse
-
+    sums = ElboSums(model, rt, impl=impl, seed=seed, worst_k=worst_k)
     was_training = model.training
     model.eval()
-    gen = torch.Generator(device=rt.device).manual_seed(seed + 7919 * rt.rank)
-    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # SSE, KL, count (added on the device)
-    worst = WorstK(worst_k)
-    pixels = None
     try:
         for batch in batches:
             x, keys = batch if isinstance(batch, (tuple, list)) else (batch, None)
-            pixels = x[0].numel()
-            # The training forward with noise from this evaluation's own generator.
-            eps = torch.randn(x.shape[0], model.cfg.latent_dim, generator=gen, device=x.device)
-            with rt.autocast():
-                logits, _, _, kl = model(x, eps)
-            sse = sigmoid_sse(logits, x, impl=impl)
-            sums[:2] += torch.stack([sse.sum(), kl.sum()]).double()
-            sums[2] += x.shape[0]  # a Python number: a kernel argument, not a copy from the host
-            if worst_k:
-                worst.push(sse, sse, keys, x, torch.sigmoid(logits.float()))
+            sums.add(x, keys)
     finally:
         model.train(was_training)
-
-    found = worst.result()
-    if rt.distributed:
-        import torch.distributed as dist
-
-        dist.all_reduce(sums)
-        if worst_k:
-            gathered: list[list[Failure]] = [[] for _ in range(rt.world_size)]
-            dist.all_gather_object(gathered, found)
-            found = [f for part in gathered for f in part]
-    sse_sum, kl_sum, count = (float(v) for v in sums.cpu())
-    n = max(count, 1.0)
-    metrics = {
-        "count": int(count),
-        "rec": sse_sum / n,
-        "mse_per_pixel": sse_sum / n / (pixels or 1),
-        "kl": kl_sum / n,
-        "elbo": -(sse_sum + kl_sum) / n,
-        "elbo_loss": (sse_sum + kl_sum) / n,
-    }
-    return EvalResult(metrics, worst_first(found, worst_k))
-
+    return sums.result()
