@@ -307,8 +307,8 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
     # SSIM, IWAE bits/dim, active units, blur, regions, attributes, diversity; light settings from config,
     # rank 0 writing evaluation.{json,png}), the test metrics (the validation's numbers, with the worst
     # reconstructions for failures.png) and the pictures' first faces. The loader keeps the run's cache
-    # setting although it is read once: a cached image is uint8 / 255, which can differ from DALI's streamed
-    # float in the last bit, and the test numbers stay those of a cached read, as they always were.
+    # setting although it is read once, so that the test numbers do not move with it: a cached image is
+    # uint8 / 255, which can differ from DALI's streamed float in the last bit.
     test_loader = open_loader(cfg, rt, shards, "test", with_keys=True)
     count = test_loader.split.count  # every rank's part once: the test's own count
     test_sums = ElboSums(raw, rt, impl=impl, seed=cfg["seed"] + 1, worst_k=cfg["n_failures"])

@@ -6,7 +6,8 @@ evaluation every training run ends with.
     summary.py   those numbers → evaluation.json's keys
     figures.py   evaluation.png and failure_modes.png
     report.py    the rich table printed at the end
-    run.py       evaluate_model: all of the above, all ranks reading, rank 0 writing
+    run.py       evaluate_model: all of the above, all ranks reading, rank 0 writing; other readers of the
+                 split (a run's test metrics and pictures) can share its pass
     pictures.py  labelled tables of faces (failure modes here; strips, reconstructions, edits for python -m model)
     outputs.py   files written whole (temp + rename), one PNG per image, animated GIFs
 

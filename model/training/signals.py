@@ -23,7 +23,8 @@ step (epoch not finished) and leaves the epoch's end to the resumed run; one lan
 validation cuts it short (:meth:`StopSignals.until_signal`) and does the same, in one process (under
 DDP the ranks would have to agree batch by batch; there the validation, on GPUs, is short). One that arrives after the
 loop's last look at the flag (while the final epoch's end is written, say) is acted on right after
-the loop, before the test evaluation: train.py asks :meth:`StopSignals.should_stop` once more there.
+the loop, before the test evaluation: the checkpoint policy (model/training/step.py) asks
+:meth:`StopSignals.should_stop` once more there.
 
 Outside the loop (data preparation, the final evaluation and pictures) nothing is pending that a
 checkpoint could save: there a signal stops the program at once (see ``pipeline.errors.cli_entry``).

@@ -3,7 +3,8 @@ the learning-rate and KL schedules (lr_at, beta_at), and TrainStep, the step its
 
 Sections (each keeps the notes of the module it was):
 
-    train_step       the step, built for the GPU: nothing in it waits for the device
+    train_step       the step, built for the GPU: nothing in it waits for the device; when the loop logs
+                     (Cadence), checkpoints and stops (CheckpointPolicy)
     build            the network as a run uses it: from config, on the device, in DDP
     schedules        the learning rate and the KL weight β as plain functions of the step
 """
@@ -264,7 +265,9 @@ MIN_LOG_STEPS = 10
 
 class Cadence:
     """When the loop logs and checkpoints: logs every ``log_every_s`` seconds but at most every
-    :data:`MIN_LOG_STEPS` steps (or every ``log_interval`` steps), and at every epoch's end; checkpoints every ``checkpoint_every_s`` seconds and/or ``checkpoint_interval`` steps.
+    :data:`MIN_LOG_STEPS` steps (or every ``log_interval`` steps), and at every epoch's end; checkpoints fall due
+    every ``checkpoint_every_s`` seconds and/or ``checkpoint_interval`` steps (:class:`CheckpointPolicy` decides
+    when they are written, with the other reasons to write one).
 
     Under DDP the ranks must log and checkpoint at the same steps (both take collectives) though their
     clocks differ, so seconds become steps: at each log point the step time measured since the previous
