@@ -327,3 +327,30 @@ def test_regions_and_attributes_on_drawn_faces_with_hats():
     # the failure modes that look at hats and backgrounds show hats only
     for mode in ("overall", "accessory", "background"):
         assert {f.key for f in c.worst[mode]} <= {keys[i] for i in hats}, mode
+
+
+def test_a_runs_test_metrics_and_pictures_ride_along_the_evaluations_one_pass(model, shards_dir, tmp_path):
+    """train.py's closing pass: what rides along (``also``) sees every batch of the split, also past the
+    evaluation's image limit, and computes what a pass of its own would."""
+    from model.training.observe import FirstImages
+    from model.training.validate import ElboSums, validate
+
+    def loader():
+        return make_loader(shards_dir, "test", 16, device="cpu", backend="webdataset", shuffle=False,
+                           drop_last=False, with_keys=True, num_threads=1)
+
+    total = read_split(shards_dir, "test").count
+    sums, faces, seen = ElboSums(model, RT, impl="torch", seed=1, worst_k=3), FirstImages(20), []
+    with loader() as batches:
+        ev = evaluate_model(model, batches, RT, shards=shards_dir, split="test", total=total, out_dir=tmp_path,
+                            settings=replace(SMALL, images=10, iwae_images=4, samples=6).check(total),
+                            also=(sums.add, faces, lambda x, keys: seen.extend(keys)))
+    assert ev["count"] == 10 and len(seen) == total  # the evaluation looked at 10; the riders at all
+    with loader() as batches:
+        alone = validate(model, batches, RT, impl="torch", seed=1, worst_k=3)
+    together = sums.result()
+    assert together.metrics == alone.metrics and together.metrics["count"] == total
+    assert [f.key for f in together.failures] == [f.key for f in alone.failures]
+    assert faces.full and faces.keys == seen[:20] and faces.batch.shape == (20, 3, 64, 64)  # across two batches
+    with loader() as batches:
+        assert torch.equal(FirstImages(20).read(batches).batch, faces.batch)
