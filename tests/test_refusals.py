@@ -395,6 +395,19 @@ def test_a_second_writer_on_one_out_is_refused(tmp_path, capsys, small_celeba, c
     assert not (out / lock_name(cli)).exists()
 
 
+def test_a_filesystem_without_file_locks_leaves_one_writer_unguarded(tmp_path, monkeypatch):
+    """flock failing with ENOLCK (some network and FUSE mounts): the run goes on, its record in the lock file."""
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with one_writer(tmp_path, "preshard"):
+        assert json.loads((tmp_path / lock_name("preshard")).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / lock_name("preshard")).exists()
+
+
 # --------------------------------------------------------------------------- 6. messages that point somewhere
 
 

@@ -334,6 +334,7 @@ def test_a_lock_of_another_host_is_refused_unless_broken(tmp_path, capsys):
 
 def test_a_filesystem_without_locks_falls_back_to_the_pid(tmp_path, monkeypatch):
     import errno as errno_
+    import fcntl
 
     from model.training import checkpoint as run_lock
     from pipeline.errors import ConfigError
@@ -341,7 +342,7 @@ def test_a_filesystem_without_locks_falls_back_to_the_pid(tmp_path, monkeypatch)
     def no_locks(fd, op):
         raise OSError(errno_.ENOLCK, os.strerror(errno_.ENOLCK))
 
-    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # as pipeline/lock.py, which takes the run lock, calls it
     run = tmp_path / "run"
     with run_lock.RunLock(run) as lock:
         assert lock.notices == [f"notice: {run / '.lock'}: this filesystem has no file locks (flock: ENOLCK); "
@@ -355,6 +356,6 @@ def test_a_filesystem_without_locks_falls_back_to_the_pid(tmp_path, monkeypatch)
     def bad_fd(fd, op):
         raise OSError(errno_.EBADF, "Bad file")
 
-    monkeypatch.setattr(run_lock.fcntl, "flock", bad_fd)
+    monkeypatch.setattr(fcntl, "flock", bad_fd)
     with pytest.raises(OSError, match="Bad file"):  # any other flock failure is not taken for "no locks"
         run_lock.RunLock(tmp_path / "other").__enter__()

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-import datetime
-import errno
-import fcntl
 import io
-import json
 import os
 from pathlib import Path
 import random
 import secrets
 import shutil
 import socket
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -35,6 +30,7 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.errors import UserError, disk_full_message, is_disk_full
+from pipeline.lock import my_record, read_record, same_file, take, write_record
 
 
 # ====================================================================================================
@@ -444,7 +440,10 @@ class BestState:
 
 # ====================================================================================================
 # run_lock
-# One run directory, one writer: ``RUN/.lock``, held with ``flock`` for as long as train.py runs.
+# One run directory, one writer: ``RUN/.lock``, held with ``flock`` for as long as train.py runs. It is
+# taken with pipeline/lock.py's primitive (``take``: the flock, the retry when the holder removes the file
+# meanwhile, the filesystem without locks) that preshard's and the generator's lock use too; what this lock
+# adds is its judgement of a previous holder, below.
 #
 # Two trainers on one run directory would interleave their metrics and overwrite each other's
 # checkpoints, so a second one is refused, naming the holder (host, pid, start time, command) that
@@ -483,8 +482,6 @@ _UNFINISHED = {LOCK_NAME, "config.json", "metrics.jsonl", "checkpoints"}
 RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "evaluation.json", "evaluation.png", "failure_modes.png",
              "training_log.png", "reconstructions.png", "samples.png", "interpolation.png", "failures.png",
              "checkpoints", "tensorboard", "inference", "evaluation"}
-#: flock's answers on a filesystem that has no file locks (as opposed to "somebody holds it").
-NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
 class RunLock:
@@ -506,12 +503,12 @@ class RunLock:
         self._created_dir = not self.run_dir.exists()
         with reporting(self.path):
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._fd, no_locks = _lock(self.path)
+            self._fd, no_locks = take(self.path, lambda holder: _in_use(self.path, holder))
             if no_locks:
                 self.notices.append(f"notice: {self.path}: this filesystem has no file locks (flock: {no_locks}); "
                                     "judging a previous lock by the host and pid it names")
             try:
-                previous = _read(self._fd)
+                previous = read_record(self._fd)
                 if previous:
                     self.notices.append(_take_over(self.path, previous, flock_held=not no_locks,
                                                    break_lock=self.break_lock))
@@ -519,9 +516,8 @@ class RunLock:
                 os.close(self._fd)
                 self._fd = None
                 raise
-            self._me = _me()
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, (json.dumps(self._me) + "\n").encode(), 0)
+            self._me = my_record()
+            write_record(self._fd, self._me)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -529,7 +525,7 @@ class RunLock:
             return
         try:
             # Not if --break-lock elsewhere has taken the file over meanwhile: then it is that run's.
-            if _same_file(self.path, self._fd) and _read(self._fd) == self._me:
+            if same_file(self.path, self._fd) and read_record(self._fd) == self._me:
                 self.path.unlink()
         finally:
             os.close(self._fd)  # releases the flock
@@ -539,27 +535,6 @@ class RunLock:
                 self.run_dir.rmdir()  # only succeeds if the failed run wrote nothing there
             except OSError:
                 pass
-
-
-def _lock(path: Path) -> tuple[int, str]:
-    """An fd of ``path`` holding an exclusive flock, and "" — or, where the filesystem has no locks,
-    the fd and flock's error name. ConfigError naming the holder if a live process holds it."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read(fd)
-            os.close(fd)
-            raise _in_use(path, holder) from None
-        except OSError as err:
-            if err.errno not in NO_LOCKS:
-                os.close(fd)
-                raise
-            return fd, errno.errorcode.get(err.errno, str(err.errno))
-        if _same_file(path, fd):
-            return fd, ""
-        os.close(fd)  # the holder released and removed the file between our open and our flock: retry
 
 
 def _take_over(path: Path, previous: dict, *, flock_held: bool, break_lock: bool) -> str:
@@ -596,28 +571,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # somebody else's process
         return True
     return True
-
-
-def _same_file(path: Path, fd: int) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-def _read(fd: int) -> dict | None:
-    raw = os.pread(fd, 4096, 0)
-    try:
-        info = json.loads(raw)
-    except ValueError:
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def _me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": " ".join(getattr(sys, "orig_argv", sys.argv))}
 
 
 def _holder(info: dict) -> str:
