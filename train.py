@@ -33,14 +33,14 @@ from model.evaluation import eval_settings, evaluate_model, evaluation_table, sc
 from model.training.checkpoint import (BestState, CheckpointWriter, DiskFull, LastCheckpoint, RunLock, check_fresh_run,
                                        load_checkpoint, load_model_state, make_checkpoint, remove_temps, save_atomic,
                                        set_rng_state, write_text)
-from model.training.config import (build_parser, check_bounds, model_mismatch, parse_overrides, read_config_file,
-                                   validate as validate_config)
-from model.training.data import open_loader, prepare_default_data
+from model.training.config import (build_parser, check_bounds, layered_keys, model_mismatch, parse_overrides,
+                                   read_config_file, validate as validate_config)
+from model.training.data import check_shards, open_loader, prepare_default_data
 from model.training.observe import (EpochProgress, FirstImages, LogSinks, MetricsLog, TensorBoardLog, epoch_table,
                                     make_console, mfu_meter, plot_interpolation, plot_pairs, plot_samples,
                                     plot_training_log)
 from model.training.runtime import (decide_compile, init_distributed, keep_resumed_choices, launch_rank, probe_step,
-                                    resolve_runtime, runtime_choices, shutdown_distributed)
+                                    resolve_length, resolve_runtime, runtime_choices, shutdown_distributed)
 from model.training.signals import StopSignals, resume_command
 from model.training.step import (Cadence, CheckpointPolicy, TrainingDiverged, TrainStep, build_training,
                                  config_beta_at, lr_at)
@@ -61,6 +61,7 @@ class Run:
     t_start: float
     download: bool = False  # --download-perceptual-weights
     explicit: set[str] = field(default_factory=set)  # config keys given on the command line
+    layered: set[str] = field(default_factory=set)  # config keys a --config file set (to other than config.json's)
 
 
 @cli_entry
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                              "pictures are removed first (without this, such a directory is refused)")
     args, overrides = parse_overrides(parser, argv)
     base = read_config_file(args.config)
+    layered = layered_keys(base)
     run_dir = Path(args.out) if args.out else Path(overrides.get("out_dir", base["out_dir"])) / overrides.get("name", base["name"])
     ckpt_dir = run_dir / "checkpoints"
     with RunLock(run_dir, enabled=launch_rank() == 0, break_lock=args.break_lock) as lock:  # one trainer per run dir
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with contextlib.ExitStack() as closing:  # what _run opens that must close on every path
                 run = Run(run_dir, last, rank, local_rank, world_size, t_start,
-                          download=args.download_perceptual_weights, explicit=set(overrides))
+                          download=args.download_perceptual_weights, explicit=set(overrides), layered=layered)
                 return _run(cfg, run, resume, closing)
         except (KeyboardInterrupt, DiskFull) as err:
             raise _with_resume_hint(err, last, run_dir) from None
@@ -142,15 +144,20 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
 
     # ------------------------------------------------------------------ data
     shards = prepare_default_data(cfg, rt, console)
-    if rt.is_main:  # only once the data is known to be good: bad input leaves no half-made run dir
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
     train_loader = open_loader(cfg, rt, shards, "train", train=True)
     val_loader = open_loader(cfg, rt, shards, "val")
     steps_per_epoch = len(train_loader)  # ≥ 1: make_loader refuses a batch larger than a rank's part
-    total_steps = cfg["epochs"] * steps_per_epoch
+    # The run's length in steps: given, from epochs, or a train_seconds budget divided by this device's step
+    cfg, length_note = resolve_length(cfg, rt, impl, steps_per_epoch=steps_per_epoch, counts=check_shards(shards),
+                                      explicit=run.explicit | run.layered, resuming=resume is not None)
+    total_steps = cfg["steps"]
     # CPU compile "auto": on when the steps still to run repay the compile time
     rt = decide_compile(rt, min(total_steps, cfg["stop_at_step"] or total_steps) - (resume["step"] if resume else 0))
+    if rt.is_main:  # once data and length are settled: bad input leaves no half-made run dir
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")  # the resolved steps: reruns match
+        if length_note:
+            console.print(f"[bold]length:[/] {length_note}")
 
     # ------------------------------------------------------------------ state (fresh or resumed)
     step, start_epoch, skip_batches, best_val_elbo = 0, 0, 0, None
@@ -234,17 +241,18 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
             train_loader.set_epoch(epoch)
             batches = iter(train_loader)
             first = skip_batches if epoch == start_epoch else 0
+            epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)  # the last may end early
             for _ in range(first):  # mid-epoch resume: replay the loader to the checkpoint's position
                 next(batches)
             t_epoch, epoch_images, t_log, images_since_log = time.perf_counter(), 0, time.perf_counter(), 0
-            with sinks.showing(EpochProgress(console, epoch, cfg["epochs"], steps_per_epoch, completed=first,
+            with sinks.showing(EpochProgress(console, epoch, cfg["epochs"], epoch_steps, completed=first,
                                              device=rt.device)) as progress:
-                for i, x in enumerate(batches, start=first):
+                for i, x in zip(range(first, epoch_steps), batches):  # range first: no batch read past the end
                     train_step(x)  # queued on the device: nothing here waits for it
                     step += 1
                     epoch_images += images_per_step
                     images_since_log += images_per_step
-                    last_batch = i + 1 == steps_per_epoch
+                    last_batch = i + 1 == epoch_steps
                     logging = cadence.log_due(step, last_batch)
                     if logging:  # the one host read of a log point: means over every step since the last one
                         means, bad, seconds = train_step.read_logs(time.perf_counter() - t_log)
@@ -280,7 +288,7 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
                                seed=cfg["seed"]).metrics
             except StopSignals.Cut:
                 policy.validation_cut(step)
-                save(epoch, steps_per_epoch)
+                save(epoch, epoch_steps)
                 break
             sinks.write({"kind": "val", "step": step, "epoch": epoch + 1, **val})
             tb.pictures(step, raw, seed=cfg["seed"] + 3, autocast=rt.autocast)  # kept val images, fixed z

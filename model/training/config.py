@@ -119,7 +119,16 @@ SCHEMA: dict[str, Key] = {
                               "scale must hold the 11×11 window: 64×64 allows 3, 128×128 4, 176×176 and up 5",
                        lambda v: 1 <= v <= 5, "in 1..5", group=_LOSS),
     # optimisation
-    "epochs": Key("int", "passes over the training split", _pos, "> 0", group=_OPTIMISATION),
+    "epochs": Key("int", "passes over the training split (with train_seconds set: only when given explicitly)",
+                  _pos, "> 0", group=_OPTIMISATION),
+    "steps": Key("int", "optimisation steps in all, the last epoch cut short where they end (null: epochs × "
+                        "steps per epoch); a train_seconds run records the steps it resolved here", _pos, "> 0",
+                 nullable=True, group=_OPTIMISATION),
+    "train_seconds": Key("float", "time budget for training, validation and the closing test: the run's step, "
+                                  "timed on its device before training, turns it into steps (null: epochs as "
+                                  "given; an explicit --epochs or --steps wins)", lambda v: 0 < v <= 31_536_000,
+                         "> 0 and at most a year (31,536,000)", nullable=True,
+                         group=_OPTIMISATION, metavar="S"),
     "batch_size": Key("int", "training batch per process (global batch = this × world size)", _pos, "> 0",
                       group=_OPTIMISATION),
     "eval_batch_size": Key("int", "batch for validation, test and the closing evaluation", _pos, "> 0",
@@ -178,7 +187,7 @@ SCHEMA: dict[str, Key] = {
                                        "end and on a stop)", _nonneg, ">= 0", group=_LOGGING),
     "checkpoint_interval": Key("int", "steps between checkpoints, besides checkpoint_every_s (0 = none by steps)",
                                _nonneg, ">= 0", group=_LOGGING),
-    "stop_at_step": Key("int", "end the run early at this global step (schedules still span all epochs)",
+    "stop_at_step": Key("int", "end the run early at this global step (the schedules still span all the steps)",
                         _pos, "> 0", nullable=True, group=_LOGGING),
     "tensorboard": Key("bool", "also write TensorBoard events to RUN/tensorboard/ (needs the tensorboard package)",
                        group=_LOGGING),
@@ -364,6 +373,13 @@ def read_config_file(path: str | Path | None = None) -> dict[str, Any]:
     return {**defaults, **layer}
 
 
+def layered_keys(cfg: dict[str, Any]) -> set[str]:
+    """The keys whose value in ``cfg`` (read by :func:`read_config_file`) differs from config.json's: what a
+    --config file set. A full copy of config.json sets nothing."""
+    defaults = read_config_file(None)
+    return {k for k, v in cfg.items() if v != defaults.get(k)}
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are ConfigErrors (one line, exit 2 through cli_entry)."""
 
@@ -459,6 +475,7 @@ BOUNDS: dict[str, tuple[int, str]] = {
     "synthetic_images": (999_999, "CelebA file names have six digits"),
     "seed": (2 ** 63 - 1, "torch's seed range"),
     "epochs": (100_000, "passes over the training split"),
+    "steps": (1_000_000_000, "optimisation steps"),
     "batch_size": (65_536, "images per step on one process"),
     "eval_batch_size": (65_536, "images per evaluation batch"),
     "image_size": (1024, "pixels per side"),

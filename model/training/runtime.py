@@ -5,6 +5,7 @@ Sections (each keeps the notes of the module it was):
 
     runtime          device, torchrun/DDP ranks, AMP dtype, channels_last, compile: every "auto" resolved
     probe            on CPU, a timing of the real step decides amp and channels_last, the run's length compile
+    budget           train_seconds: the run's step timed on its device, the budget turned into steps
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 import datetime
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 import sys
@@ -636,3 +638,142 @@ def probe_step(cfg: dict[str, Any], *, timer: Timer | None = None, impl: str | N
     result.cached, result.cache_file = False, str(path)
     write_cached(path, result, fp)
     return result
+
+
+# ====================================================================================================
+# budget
+# ``train_seconds``: a run given a time instead of a length. Before training, the run's own step (its
+# model, objective, AdamW, amp, memory format and compile, on its device) is timed for a few steps and an
+# evaluation batch, and the budget becomes a step count that the lr and β schedules are built for. The
+# resolved count is written into the run's config.json (``steps``), so a resume and a rerun from that
+# config train exactly as long, whatever the machine's speed then.
+# ====================================================================================================
+@dataclass(frozen=True)
+class StepTiming:
+    """What a budget is divided by, measured on the run's device with the run's settings."""
+
+    step_s: float  # seconds per training step at the run's batch size
+    warmup_s: float  # what the first steps cost beyond step_s: allocations, oneDNN primitives, compile
+    forward_s: float  # seconds per image of an evaluation forward pass (validation, the closing test)
+
+
+#: Forward passes per test image in the closing evaluation: the test loss, the diagnosing evaluation's
+#: reconstruction and per-region passes, the pictures (model/evaluation, train.py's closing section).
+CLOSING_PASSES = 3
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A time budget resolved into steps, with the arithmetic for the run header."""
+
+    seconds: float
+    steps: int
+    timing: StepTiming
+    validation_s: float  # per epoch
+    closing_s: float
+
+    def describe(self, steps_per_epoch: int) -> str:
+        t = self.timing
+        epochs = self.steps / steps_per_epoch
+        return (f"budget {self.seconds:g} s → {self.steps:,} steps ({epochs:.2f} epochs of {steps_per_epoch}): "
+                f"{t.step_s * 1e3:.1f} ms/step, warm-up {t.warmup_s:.1f} s, validation {self.validation_s:.1f} s "
+                f"per epoch, closing evaluation ≈ {self.closing_s:.0f} s (measured before training)")
+
+
+def budget_steps(seconds: float, timing: StepTiming, *, steps_per_epoch: int, val_images: int,
+                 test_images: int, extra_eval_images: int) -> Budget:
+    """The steps that fit ``seconds`` of training, per-epoch validation and the closing evaluation (pure).
+
+    Validation costs ``val_images`` forward passes per epoch, spread over the epoch's steps; the closing
+    evaluation :data:`CLOSING_PASSES` passes over the test split plus ``extra_eval_images`` (the IWAE bound's
+    and the diversity ratio's decodes). At least one step, however small the budget."""
+    validation_s = val_images * timing.forward_s
+    closing_s = (CLOSING_PASSES * test_images + extra_eval_images) * timing.forward_s
+    per_step = timing.step_s + validation_s / steps_per_epoch
+    left = seconds - timing.warmup_s - closing_s
+    steps = max(1, math.floor(left / per_step)) if per_step > 0 else 1
+    return Budget(seconds, steps, timing, validation_s, closing_s)
+
+
+def time_step(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps: int = 3) -> StepTiming:
+    """Time the run's training step (a copy of its model, objective and optimizer on random images, so the
+    run's own state and random streams are untouched) and an evaluation forward pass.
+
+    One process's step: under DDP the gradient all-reduce is not in it. On CUDA with compile the copy is
+    compiled once here; Inductor's on-disk cache then serves the run's own compile of the same graphs."""
+    from model.losses.objective import Objective
+    from model.training.step import TrainStep, build_model, make_optimizer
+    from model.vae import VAEConfig
+
+    solo = replace(rt, rank=0, world_size=1, sync_batchnorm=False)
+    cuda = rt.device.type == "cuda"
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize(rt.device)
+        return time.perf_counter()
+
+    with torch.random.fork_rng(devices=[rt.device] if cuda else []):
+        raw, model = build_model(VAEConfig.from_dict(cfg), solo, impl)
+        loss_fn = Objective(cfg, impl=impl, random_perceptual=True, autocast=solo.autocast).to(rt.device)
+        params = list(raw.parameters()) + loss_fn.trainable()
+        optimizer = make_optimizer([{"params": params}], cfg, rt.device)
+        step = TrainStep(model, loss_fn, optimizer, solo.grad_scaler(), device=rt.device, autocast=solo.autocast,
+                         grad_clip=cfg["grad_clip"], params=params, lr_table=[cfg["lr"]], beta_table=[1.0],
+                         compile_mode=solo.step_compile_mode)
+        fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
+        side = cfg["image_size"]
+        x = torch.rand(cfg["batch_size"], 3, side, side, device=rt.device).contiguous(memory_format=fmt)
+        t0 = now()
+        step(x), step(x)  # the first steps: allocations, primitives, compile
+        first = now() - t0
+        times = []
+        for _ in range(steps):
+            t0 = now()
+            step(x)
+            times.append(now() - t0)
+        step_s = min(times)  # other work only ever adds time: the fastest is the truest
+        raw.eval()
+        xe = torch.rand(cfg["eval_batch_size"], 3, side, side, device=rt.device).contiguous(memory_format=fmt)
+        fwd = []
+        with torch.no_grad(), solo.autocast():
+            for _ in range(3):  # the first call allocates
+                t0 = now()
+                raw(xe)
+                fwd.append(now() - t0)
+    return StepTiming(step_s, max(first - 2 * step_s, 0.0), min(fwd[1:]) / cfg["eval_batch_size"])
+
+
+def resolve_length(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps_per_epoch: int, counts: dict[str, int],
+                   explicit: set[str], resuming: bool,
+                   timer: Callable[[dict[str, Any], Runtime, str], StepTiming] = time_step) -> tuple[dict[str, Any], str]:
+    """``cfg`` with its length settled: ``steps`` (in all) and ``epochs`` (the passes they start), and a
+    line for the run header ("" when there is nothing to say).
+
+    Which decides, first match wins: ``steps`` when set (given, or recorded by an earlier budget in the
+    run's config.json); ``epochs`` when given explicitly (command line or a --config file) or when
+    ``train_seconds`` is null, or on a resume (a run never re-times itself halfway); else the budget, timed
+    on rank 0 (every rank takes its answer). ``counts``: images per split (val, test)."""
+    if cfg["steps"] is not None:
+        steps, note = cfg["steps"], ""
+    elif cfg["train_seconds"] is None or resuming or "epochs" in explicit:
+        steps = cfg["epochs"] * steps_per_epoch
+        note = (f"train_seconds {cfg['train_seconds']:g} not used: epochs {cfg['epochs']} given"
+                if cfg["train_seconds"] is not None and "epochs" in explicit and not resuming else "")
+    else:
+        timing = from_rank0(lambda: timer(cfg, rt, impl), rt.rank, rt.world_size)
+        share = {split: -(-n // rt.world_size) for split, n in counts.items()}  # each rank evaluates its part
+        extra = (cfg["eval_iwae_k"] * min(cfg["eval_iwae_images"], share["test"]) + 2 * cfg["eval_samples"]
+                 + cfg["n_samples"])
+        sizes = dict(steps_per_epoch=steps_per_epoch, val_images=share["val"], test_images=share["test"],
+                     extra_eval_images=extra)
+        budget = budget_steps(cfg["train_seconds"], timing, **sizes)
+        probe = rt.probe if rt.chosen_by.get("compile") == "run length" else None
+        if probe is not None and probe.compile_verdict(budget.steps)[0]:
+            # decide_compile will turn compile on for this many steps: the budget pays the compile and
+            # buys the compiled speed (the probe's figures for both)
+            compiled = StepTiming(timing.step_s / probe.compile_speedup, timing.warmup_s + probe.compile_cost_s,
+                                  timing.forward_s)
+            budget = budget_steps(cfg["train_seconds"], compiled, **sizes)
+        steps, note = budget.steps, budget.describe(steps_per_epoch)
+    return {**cfg, "steps": steps, "epochs": math.ceil(steps / steps_per_epoch)}, note
