@@ -18,6 +18,10 @@ if not torch.cuda.is_available():
 # train.py's CPU "auto" follows a timed probe of the step (model/training/runtime.py): runs that tests compare must
 # not depend on this machine's speed at that moment, so they take the CPU-flag rule; tests/test_probe.py unsets it.
 os.environ.setdefault("VAE_NO_PROBE", "1")
+# The tests' own torch work runs on one thread (subprocesses keep torch's default): their tensors are small, and on a
+# busy 2-core machine (another job, CI's GPU-stack check beside the suite) a second thread's spinning made the same
+# steps many times slower (bench/RESULTS.md, the fast tier). Tests that want more threads set them and put them back.
+torch.set_num_threads(1)
 
 # Small enough to build in seconds, big enough that every split has several shards' worth
 # when shards hold at most SHARD_SAMPLES samples.

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_cli_fixtures import cli, ok, one_thread, run_dir  # noqa: F401 (fixtures)
+from model_cli_fixtures import cli, model_main, ok, one_thread, run_dir  # noqa: F401 (fixtures)
 
 from pipeline.shards import read_attributes, read_members, read_split
 
@@ -30,9 +30,12 @@ def bare_shards(tmp_path_factory) -> Path:
     return out
 
 
-def _bad_checkpoints(run_dir: Path, tmp: Path) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def bad_checkpoints(run_dir, tmp_path_factory) -> dict[str, Path]:
+    """Checkpoint files that are not of this trainer, damaged or of another model (made once; tests only read them)."""
     from model.training.checkpoint import FORMAT
 
+    tmp = tmp_path_factory.mktemp("bad_checkpoints")
     good = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
     files = {"missing": tmp / "nope.pt", "folder": run_dir}
     files["jpeg"] = tmp / "photo.pt"
@@ -58,15 +61,15 @@ def _bad_checkpoints(run_dir: Path, tmp: Path) -> dict[str, Path]:
     ("pickled_object", "pass --trust-checkpoint"),
     ("other_model", "was made for a different model"),
 ])
-def test_bad_checkpoint(run_dir, tmp_path, capsys, case, expect):
-    path = _bad_checkpoints(run_dir, tmp_path)[case]
+def test_bad_checkpoint(bad_checkpoints, tmp_path, capsys, case, expect):
+    path = bad_checkpoints[case]
     rc, _, err = cli(capsys, "sample", "--checkpoint", path, "--out", tmp_path / "s.png")
     assert rc == 2 and err.startswith("error:") and expect.format(path=path) in err, err
     assert not (tmp_path / "s.png").exists()
 
 
-def test_trusted_checkpoint_with_other_objects_loads(run_dir, tmp_path, capsys):
-    path = _bad_checkpoints(run_dir, tmp_path)["pickled_object"]
+def test_trusted_checkpoint_with_other_objects_loads(bad_checkpoints, tmp_path, capsys):
+    path = bad_checkpoints["pickled_object"]
     ok(capsys, "sample", "--checkpoint", path, "--trust-checkpoint", "--n", 2, "--out", tmp_path / "s.png")
     assert (tmp_path / "s.png").is_file()
 
@@ -77,9 +80,9 @@ def test_trusted_checkpoint_with_other_objects_loads(run_dir, tmp_path, capsys):
     ("no_model", "is damaged: its 'model' entry is missing"),
     ("jpeg", "cannot read checkpoint"),
 ])
-def test_trusted_checkpoint_is_checked_the_same(run_dir, tmp_path, capsys, case, expect):
+def test_trusted_checkpoint_is_checked_the_same(run_dir, bad_checkpoints, tmp_path, capsys, case, expect):
     """--trust-checkpoint unpickles everything, then checks format and entries as the default load does."""
-    files = _bad_checkpoints(run_dir, tmp_path)
+    files = dict(bad_checkpoints)
     good = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
     files["no_model"] = tmp_path / "no_model.pt"
     torch.save({k: v for k, v in good.items() if k != "model"}, files["no_model"])
@@ -155,23 +158,26 @@ def test_shards_without_attributes(run_dir, bare_shards, tmp_path, capsys, comma
     assert "attributes" not in np.load(tmp_path / "z.npz").files
 
 
-def test_stale_directions_are_refused(run_dir, shards_dir, tmp_path, capsys):
+def test_stale_directions_are_refused(run_dir, shards_dir, directions, tmp_path, capsys):
     ck = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
     ck["model"]["fc_mu.bias"] += 1
     changed = tmp_path / "changed" / "best.pt"
     changed.parent.mkdir()
     torch.save(ck, changed)
-    ok(capsys, "attributes", "--run", run_dir, "--data", shards_dir, "--min-count", 10)
     key = read_attributes(shards_dir, "test").keys[0]
     rc, _, err = cli(capsys, "edit", "--checkpoint", changed, "--data", shards_dir, key, "--add", "Male",
-                     "--directions", run_dir / "checkpoints" / "attributes.pt", "--out", tmp_path / "e.png")
+                     "--directions", directions["good"], "--out", tmp_path / "e.png")
     assert rc == 2 and "holds directions of other weights" in err and not (tmp_path / "e.png").exists()
 
 
-def _damaged_directions(run_dir: Path, shards_dir: Path, tmp: Path, capsys) -> dict[str, Path]:
-    ok(capsys, "attributes", "--run", run_dir, "--data", shards_dir, "--min-count", 10, "--out", tmp / "good.pt")
+@pytest.fixture(scope="module")
+def directions(run_dir, shards_dir, tmp_path_factory) -> dict[str, Path]:
+    """The run's attribute directions ("good") and damaged copies of them (made once; tests only read them)."""
+    tmp = tmp_path_factory.mktemp("directions")
+    assert model_main([str(a) for a in ("attributes", "--run", run_dir, "--data", shards_dir, "--min-count", 10,
+                                        "--out", tmp / "good.pt")]) == 0
     good = torch.load(tmp / "good.pt", weights_only=True)
-    files = {"garbage": tmp / "garbage.pt", "truncated": tmp / "truncated.pt"}
+    files = {"good": tmp / "good.pt", "garbage": tmp / "garbage.pt", "truncated": tmp / "truncated.pt"}
     files["garbage"].write_bytes(b"these are not directions")
     files["truncated"].write_bytes((tmp / "good.pt").read_bytes()[:3000])
     for name, doc in {"extra_field": {**good, "comment": "edited by hand"},
@@ -186,8 +192,8 @@ def _damaged_directions(run_dir: Path, shards_dir: Path, tmp: Path, capsys) -> d
     ("garbage", "is not an attribute-directions file"), ("truncated", "is not an attribute-directions file"),
     ("extra_field", "is damaged"), ("missing_field", "is damaged"), ("wrong_types", "is damaged"),
 ])
-def test_damaged_directions_are_refused(run_dir, shards_dir, tmp_path, capsys, case, expect):
-    path = _damaged_directions(run_dir, shards_dir, tmp_path, capsys)[case]
+def test_damaged_directions_are_refused(run_dir, shards_dir, directions, tmp_path, capsys, case, expect):
+    path = directions[case]
     key = read_attributes(shards_dir, "test").keys[0]
     rc, _, err = cli(capsys, "edit", "--run", run_dir, "--data", shards_dir, key, "--add", "Male", "--directions", path,
                      "--out", tmp_path / "e.png")
