@@ -224,6 +224,16 @@ def test_help_groups_every_key_with_its_limit_and_default():
     assert load_config(["--out-dir", "elsewhere"])["out_dir"] == "elsewhere"  # the unlisted spelling still works
 
 
+def test_none_is_null_except_where_it_is_a_choice():
+    from model.training.config import load_config
+    from pipeline.errors import ConfigError
+
+    assert load_config(["--cache", "none"])["cache"] == "none"  # the cache choice, not null
+    assert load_config(["--crop", "none"])["crop"] is None and load_config(["--crop", "null"])["crop"] is None
+    with pytest.raises(ConfigError, match="may not be null"):
+        load_config(["--cache", "null"])
+
+
 def test_bad_config_file(tmp_path, capsys):
     bad = tmp_path / "c.json"
     bad.write_text("{not json")

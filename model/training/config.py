@@ -213,7 +213,8 @@ _FALSE = {"false", "0", "no", "off"}
 def _coerce(key: str, value: Any) -> Any:
     """Turn a JSON or command-line value into the key's kind, or raise ConfigError."""
     spec = SCHEMA[key]
-    if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+    # "none" is null, except where it is one of the key's own choices (cache "none")
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and value not in spec.choices):
         if spec.nullable:
             return None
         raise ConfigError(f"config key {key!r} may not be null ({spec.help})")
