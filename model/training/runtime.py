@@ -657,9 +657,9 @@ class StepTiming:
     forward_s: float  # seconds per image of an evaluation forward pass (validation, the closing test)
 
 
-#: Forward passes per test image in the closing evaluation: the test loss, the diagnosing evaluation's
-#: reconstruction and per-region passes, the pictures (model/evaluation, train.py's closing section).
-CLOSING_PASSES = 3
+#: Forward passes' worth of work per test image in the closing pass (model/evaluation/collect.py): one
+#: encoding, a decoding through μ and one through a sampled z, and the image metrics (SSIM, regions).
+CLOSING_PASSES = 2
 
 
 @dataclass(frozen=True)
