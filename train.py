@@ -148,8 +148,10 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
     val_loader = open_loader(cfg, rt, shards, "val")
     steps_per_epoch = len(train_loader)  # ≥ 1: make_loader refuses a batch larger than a rank's part
     # The run's length in steps: given, from epochs, or a train_seconds budget divided by this device's step
-    cfg, length_note = resolve_length(cfg, rt, impl, steps_per_epoch=steps_per_epoch, counts=check_shards(shards),
-                                      explicit=run.explicit | run.layered, resuming=resume is not None)
+    t_length = time.perf_counter()  # what a train_seconds budget pays for starts here
+    cfg, budget, length_note = resolve_length(cfg, rt, impl, steps_per_epoch=steps_per_epoch,
+                                              counts=check_shards(shards), explicit=run.explicit | run.layered,
+                                              resuming=resume is not None)
     total_steps = cfg["steps"]
     # CPU compile "auto": on when the steps still to run repay the compile time
     rt = decide_compile(rt, min(total_steps, cfg["stop_at_step"] or total_steps) - (resume["step"] if resume else 0))
@@ -328,6 +330,7 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
     test = test_sums.result()
     sinks.write({"kind": "test", "step": step, "epoch": min(cfg["epochs"], epoch + 1), **test.metrics})
     tb.evaluation(step, evaluation or {})
+    spent = time.perf_counter() - t_length
 
     # ------------------------------------------------------------------ artifacts (rank 0 only)
     writer.wait()
@@ -344,6 +347,8 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
             "train_flops_per_image": mfu.flops_per_image if mfu else None,
             "wall_time_s": wall, "runtime": rt.describe(), "loss_impl": impl, "loader": train_loader.backend,
             "world_size": world_size, "evaluation": scalars_of(evaluation),
+            # what the budget bought and what it took, from timing the step to the closing pass's end
+            "budget": {"train_seconds": budget.seconds, "steps": budget.steps, "spent_s": spent} if budget else None,
         }
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         console.print(epoch_table(None, cfg["epochs"], None, test.metrics, summary["images_per_s"], None, False,

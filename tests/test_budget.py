@@ -48,8 +48,9 @@ def _resolve(cfg: dict, *, explicit=(), resuming=False, timing=TIMING):
         return timing
 
     rt = Runtime(torch.device("cpu"), 0, 0, 1, "off", False, False, False)
-    out, note = resolve_length(cfg, rt, "torch", steps_per_epoch=75, counts=COUNTS, explicit=set(explicit),
+    out, budget, note = resolve_length(cfg, rt, "torch", steps_per_epoch=75, counts=COUNTS, explicit=set(explicit),
                                resuming=resuming, timer=timer)
+    assert (budget is not None) == bool(calls)
     return out, note, calls
 
 
@@ -130,7 +131,7 @@ def test_steps_end_the_last_epoch_early_and_the_schedules_end_with_them(shards_d
     assert train_steps == list(range(1, 16))
     assert [r["step"] for r in records if r["kind"] == "val"] == [12, 15]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 15 and not summary["stopped_early"]
+    assert summary["steps"] == 15 and not summary["stopped_early"] and summary["budget"] is None
     # the schedule spans the 15 steps, not 2 × 12
     from model.training.step import lr_at
 
@@ -150,4 +151,6 @@ def test_a_budgeted_run_says_its_length_and_records_it(shards_dir, tmp_path, cap
     cfg = json.loads((out / "config.json").read_text())
     assert "length: budget 30 s" in " ".join(text.split()) and f"{cfg['steps']:,} steps" in " ".join(text.split())
     assert cfg["train_seconds"] == 30 and cfg["steps"] >= 1 and cfg["epochs"] == math.ceil(cfg["steps"] / 12)
-    assert json.loads((out / "summary.json").read_text())["steps"] == cfg["steps"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == cfg["steps"] and summary["budget"]["steps"] == cfg["steps"]
+    assert summary["budget"]["train_seconds"] == 30 and summary["budget"]["spent_s"] > 0

@@ -746,14 +746,16 @@ def time_step(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps: int = 3) ->
 
 def resolve_length(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps_per_epoch: int, counts: dict[str, int],
                    explicit: set[str], resuming: bool,
-                   timer: Callable[[dict[str, Any], Runtime, str], StepTiming] = time_step) -> tuple[dict[str, Any], str]:
-    """``cfg`` with its length settled: ``steps`` (in all) and ``epochs`` (the passes they start), and a
-    line for the run header ("" when there is nothing to say).
+                   timer: Callable[[dict[str, Any], Runtime, str], StepTiming] = time_step
+                   ) -> tuple[dict[str, Any], Budget | None, str]:
+    """``cfg`` with its length settled: ``steps`` (in all) and ``epochs`` (the passes they start); the
+    :class:`Budget` when the budget decided (else None); a line for the run header ("": nothing to say).
 
     Which decides, first match wins: ``steps`` when set (given, or recorded by an earlier budget in the
     run's config.json); ``epochs`` when given explicitly (command line or a --config file) or when
     ``train_seconds`` is null, or on a resume (a run never re-times itself halfway); else the budget, timed
     on rank 0 (every rank takes its answer). ``counts``: images per split (val, test)."""
+    budget = None
     if cfg["steps"] is not None:
         steps, note = cfg["steps"], ""
     elif cfg["train_seconds"] is None or resuming or "epochs" in explicit:
@@ -776,4 +778,4 @@ def resolve_length(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps_per_epo
                                   timing.forward_s)
             budget = budget_steps(cfg["train_seconds"], compiled, **sizes)
         steps, note = budget.steps, budget.describe(steps_per_epoch)
-    return {**cfg, "steps": steps, "epochs": math.ceil(steps / steps_per_epoch)}, note
+    return {**cfg, "steps": steps, "epochs": math.ceil(steps / steps_per_epoch)}, budget, note
