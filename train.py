@@ -183,7 +183,8 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
         torch.manual_seed(cfg["seed"] + rank)  # each rank its own eps stream
     # The schedules' value at every step, handed to the device once: the step reads lr and β there.
     lr_table = [lr_at(s, lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
-                      schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"]) for s in range(total_steps)]
+                      schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"],
+                      decay_ratio=cfg["lr_decay_ratio"]) for s in range(total_steps)]
     beta_table = [config_beta_at(s, cfg, total_steps) for s in range(total_steps)]
     train_step = TrainStep(model, loss_fn, optimizer, scaler, device=rt.device, autocast=rt.autocast,
                            grad_clip=cfg["grad_clip"], params=training.params, lr_table=lr_table, beta_table=beta_table,

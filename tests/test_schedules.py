@@ -26,6 +26,17 @@ def test_lr_warmup_then_cosine_to_floor():
     assert lr_at(60, **{**kw, "schedule": "constant"}) == 1e-3
 
 
+def test_lr_wsd_holds_then_decays_linearly_over_its_last_share():
+    kw = dict(lr=1e-3, warmup_steps=10, total_steps=110, schedule="wsd", min_lr_ratio=0.0, decay_ratio=0.3)
+    assert lr_at(0, **kw) == pytest.approx(1e-4) and lr_at(9, **kw) == pytest.approx(1e-3)
+    assert lr_at(80, **kw) == pytest.approx(1e-3)  # 70 of the 100 steps after the warm-up: still stable
+    assert lr_at(95, **kw) == pytest.approx(1e-3 * 0.5)  # halfway through the last 30
+    assert lr_at(110, **kw) == pytest.approx(0.0)
+    assert lr_at(110, **{**kw, "min_lr_ratio": 0.1}) == pytest.approx(1e-4)
+    assert lr_at(10, **{**kw, "decay_ratio": 1.0}) == pytest.approx(1e-3)  # 1.0: a linear decay from the start
+    assert lr_at(60, **{**kw, "decay_ratio": 1.0}) == pytest.approx(5e-4)
+
+
 # ---------------------------------------------------------------- β: linear and constant
 def test_kl_annealing_ramps_linearly_then_holds():
     kw = dict(beta=2.0, schedule="linear", warmup_steps=100, total_steps=1000, cycles=4, ratio=0.5)

@@ -138,10 +138,13 @@ SCHEMA: dict[str, Key] = {
     "adam_betas": Key("floats", "AdamW betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
                       "two numbers in [0, 1)", group=_OPTIMISATION, metavar="B1,B2"),
     "grad_clip": Key("float", "max gradient norm (0 = no clipping)", _nonneg, ">= 0", group=_OPTIMISATION),
-    "lr_schedule": Key("str", "learning rate after the linear warm-up", choices=("constant", "cosine"),
-                       group=_OPTIMISATION),
+    "lr_schedule": Key("str", "learning rate after the linear warm-up: constant, cosine (decay to min_lr_ratio "
+                              "over the run), wsd (constant, then a linear decay to min_lr_ratio over the last "
+                              "lr_decay_ratio of the run)", choices=("constant", "cosine", "wsd"), group=_OPTIMISATION),
+    "lr_decay_ratio": Key("float", "wsd: the share of the steps after the warm-up that the final linear decay takes",
+                          lambda v: 0 < v <= 1, "in (0, 1]", group=_OPTIMISATION),
     "warmup_steps": Key("int", "linear learning-rate warm-up steps", _nonneg, ">= 0", group=_OPTIMISATION),
-    "min_lr_ratio": Key("float", "cosine floor as a fraction of lr", lambda v: 0 <= v <= 1, "in [0, 1]",
+    "min_lr_ratio": Key("float", "where cosine and wsd end, as a fraction of lr", lambda v: 0 <= v <= 1, "in [0, 1]",
                         group=_OPTIMISATION),
     # precision + speed
     "amp": Key("str", "autocast dtype: auto (bf16 on CUDA, fp16 where it lacks bf16; on a CPU as the probe "

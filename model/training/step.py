@@ -432,21 +432,27 @@ def build_model(vae_cfg: VAEConfig | dict[str, Any], rt: "Runtime", loss_impl: s
 # Both are pure (no state, no device): train.py asks for the value at each step, so a resumed run gets
 # exactly the values it would have had, and tests can check them against their formulas.
 #
-#     lr_at      linear warm-up, then constant or cosine decay (``lr_schedule``)
+#     lr_at      linear warm-up, then constant, cosine decay or stable-then-linear decay (``lr_schedule``)
 #     beta_at    KL weight: linear warm-up, constant, or cyclical (``kl_schedule``); config_beta_at
 #                the same with the settings read from a run config
 # ====================================================================================================
 BETA_SCHEDULES = ("linear", "cyclical", "constant")
 
 
-def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
-    """Linear warm-up to ``lr``, then constant or cosine decay to ``lr·min_lr_ratio`` at ``total_steps``."""
+def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float,
+          decay_ratio: float = 1.0) -> float:
+    """Linear warm-up to ``lr``, then: constant; cosine decay to ``lr·min_lr_ratio`` at ``total_steps``; or
+    "wsd" (warm-up, stable, decay): ``lr`` until the last ``decay_ratio`` of the steps after the warm-up, then a
+    linear decay to ``lr·min_lr_ratio`` at ``total_steps``."""
     if warmup_steps and step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return lr
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
+    if schedule == "wsd":
+        decay = min(1.0, max(0.0, (progress - (1 - decay_ratio)) / decay_ratio))
+        return lr * (1 - (1 - min_lr_ratio) * decay)
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
