@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.training.config import load_config
-from model.training.runtime import (CLOSING_PASSES, Runtime, StepTiming, budget_steps, resolve_length,
+from model.training.runtime import (CLOSING_PASSES, LOOP_OVERHEAD, Runtime, StepTiming, budget_steps, resolve_length,
                                     time_step)
 from pipeline.errors import ConfigError
 
@@ -22,7 +22,7 @@ COUNTS = {"train": 4821, "val": 588, "test": 591}
 def test_budget_divides_what_is_left_by_the_step_and_its_share_of_validation():
     b = budget_steps(120, TIMING, steps_per_epoch=75, val_images=588, test_images=591, extra_eval_images=2560)
     closing = (CLOSING_PASSES * 591 + 2560) * 0.001
-    per_step = 0.1 + 588 * 0.001 / 75
+    per_step = 0.1 * LOOP_OVERHEAD + 588 * 0.001 / 75
     assert b.closing_s == pytest.approx(closing) and b.validation_s == pytest.approx(0.588)
     assert b.steps == math.floor((120 - 2.0 - closing) / per_step)
     # what the steps cost, with validation and the closing evaluation, fits the budget; one more step would not
@@ -136,7 +136,8 @@ def test_steps_end_the_last_epoch_early_and_the_schedules_end_with_them(shards_d
     from model.training.step import lr_at
 
     last = [r for r in records if r["kind"] == "train"][-1]
-    shape = dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], schedule="cosine", min_lr_ratio=cfg["min_lr_ratio"])
+    shape = dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], schedule=cfg["lr_schedule"],
+                 min_lr_ratio=cfg["min_lr_ratio"], decay_ratio=cfg["lr_decay_ratio"])
     assert last["lr"] == pytest.approx(lr_at(14, total_steps=15, **shape))
     assert last["lr"] != pytest.approx(lr_at(14, total_steps=24, **shape))
 

@@ -657,9 +657,14 @@ class StepTiming:
     forward_s: float  # seconds per image of an evaluation forward pass (validation, the closing test)
 
 
-#: Forward passes' worth of work per test image in the closing pass (model/evaluation/collect.py): one
-#: encoding, a decoding through μ and one through a sampled z, and the image metrics (SSIM, regions).
-CLOSING_PASSES = 2
+#: Forward passes' worth of work per test image in the closing pass (model/evaluation/collect.py): an
+#: encoding, decodings through μ and a sampled z, and the image metrics in fp32 (SSIM's Gaussian windows,
+#: high-frequency energy, regions), which cost far more than the passes; calibrated on the default run
+#: (bench/RESULTS.md, "Quality per second").
+CLOSING_PASSES = 20
+#: The loop's step against the timed one: the loader's hand-over, the first epoch's decoding on the same
+#: cores, log points (calibrated the same way).
+LOOP_OVERHEAD = 1.1
 
 
 @dataclass(frozen=True)
@@ -684,12 +689,13 @@ def budget_steps(seconds: float, timing: StepTiming, *, steps_per_epoch: int, va
                  test_images: int, extra_eval_images: int) -> Budget:
     """The steps that fit ``seconds`` of training, per-epoch validation and the closing evaluation (pure).
 
-    Validation costs ``val_images`` forward passes per epoch, spread over the epoch's steps; the closing
-    evaluation :data:`CLOSING_PASSES` passes over the test split plus ``extra_eval_images`` (the IWAE bound's
-    and the diversity ratio's decodes). At least one step, however small the budget."""
+    A step costs the timed one times :data:`LOOP_OVERHEAD`; validation costs ``val_images`` forward passes per
+    epoch, spread over the epoch's steps; the closing evaluation :data:`CLOSING_PASSES` passes over the test
+    split plus ``extra_eval_images`` (the IWAE bound's and the diversity ratio's decodes). At least one step,
+    however small the budget."""
     validation_s = val_images * timing.forward_s
     closing_s = (CLOSING_PASSES * test_images + extra_eval_images) * timing.forward_s
-    per_step = timing.step_s + validation_s / steps_per_epoch
+    per_step = timing.step_s * LOOP_OVERHEAD + validation_s / steps_per_epoch
     left = seconds - timing.warmup_s - closing_s
     steps = max(1, math.floor(left / per_step)) if per_step > 0 else 1
     return Budget(seconds, steps, timing, validation_s, closing_s)
