@@ -146,7 +146,7 @@ def test_resolve_runtime_never_overrides_fixed_values(cache):
 
 # ------------------------------------------------------------------------------------ the cache
 def test_cache_written_reused_keyed_and_repaired(cache, capsys):
-    cfg = cfg_with()
+    cfg = cfg_with(batch_size=64)
     timer = FakeTimer({FP32: 0.44, CL: 0.41})
     first = probe_step(cfg, timer=timer, impl="torch")
     files = list(cache.glob("*.json"))
@@ -252,13 +252,16 @@ def test_a_resumed_run_keeps_its_starts_choices(cache):
 def test_note_and_describe_report_the_probe(cache, monkeypatch):
     monkeypatch.setattr("model.training.runtime.bf16_emulated", lambda: None)  # the pilot path, on any CPU
     timer = FakeTimer({FP32: 64 / 144, CL: 64 / 155}, pilot=15.0)
-    rt = resolve_runtime(cfg_with(), device="cpu", probe=lambda cfg: probe_step(cfg, timer=timer, impl="torch"))
+    # images/s are the batch over the step time: the batch is pinned so that the timer's figures read back
+    rt = resolve_runtime(cfg_with(batch_size=64), device="cpu",
+                         probe=lambda cfg: probe_step(cfg, timer=timer, impl="torch"))
     rt = decide_compile(rt, 470)
     assert rt.note.startswith("probe ") and "fp32 144, channels_last 155 images/s" in rt.note
     assert "bf16 skipped (pilot 15× slower) → amp off, channels_last on; compile off (470 steps" in rt.note
     d = json.loads(json.dumps(rt.describe()))  # what summary.json keeps
     assert d["note"] == rt.note and d["chosen_by"]["amp"] == "probe" and d["probe"]["images_per_s"]["fp32"] == 144
-    cached = resolve_runtime(cfg_with(), device="cpu", probe=lambda cfg: probe_step(cfg, timer=timer, impl="torch"))
+    cached = resolve_runtime(cfg_with(batch_size=64), device="cpu",
+                             probe=lambda cfg: probe_step(cfg, timer=timer, impl="torch"))
     assert cached.note.startswith("cached probe (")
 
 

@@ -37,8 +37,16 @@ def run_train(*args: str, check: bool = True, timeout: int = 300) -> subprocess.
     return proc
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[dict]:
+    """Every line parsed; with ``torn_tail_ok`` a last line that kill -9 cut mid-append is left out, as the
+    trainer's own reader leaves it out on --resume."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if torn_tail_ok and lines:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return [json.loads(line) for line in lines]
 
 
 def steps_per_epoch(shards: Path, batch: int, world: int = 1) -> int:

@@ -135,7 +135,10 @@ def _free_port() -> int:
 def test_torchrun_two_processes_vs_one(shards_dir, tmp_path):
     """The CLI under torchrun: rank 0 alone writes, the loader shards by rank, and validation/test
     metrics agree with a one-process run of the doubled batch."""
-    common = ["--data", shards_dir, "--epochs", 1, *SMALL, "--log_interval", 1]
+    # the seed's gentler recipe: at the default's lr 4e-3 one short epoch amplifies the (expected) gap between
+    # per-rank BatchNorm statistics of 8 images and whole-batch ones of 16 beyond what this comparison can bound
+    common = ["--data", shards_dir, "--epochs", 1, *SMALL, "--log_interval", 1,
+              "--lr", 0.001, "--lr_schedule", "cosine", "--min_lr_ratio", 0.1]
     env = {**os.environ, "COLUMNS": "120", "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",

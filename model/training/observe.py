@@ -570,14 +570,6 @@ def save_figure(fig, path: Path) -> Path:
     return atomic_write(path, buffer.getbuffer())
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl file."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 #: Terms the objective adds to the train records (model/losses/objective.py), each drawn in a panel of its
 #: own when a run logged it: key → title.
 EXTRA_PANELS = {
