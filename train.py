@@ -39,11 +39,12 @@ from model.training.data import check_shards, open_loader, prepare_default_data
 from model.training.observe import (EpochProgress, FirstImages, LogSinks, MetricsLog, TensorBoardLog, epoch_table,
                                     make_console, mfu_meter, plot_interpolation, plot_pairs, plot_samples,
                                     plot_training_log)
-from model.training.runtime import (decide_compile, init_distributed, keep_resumed_choices, launch_rank, probe_step,
-                                    resolve_length, resolve_runtime, runtime_choices, shutdown_distributed)
+from model.training.runtime import (REPLAN_AT, REPLAN_MAX, decide_compile, from_rank0, init_distributed,
+                                    keep_resumed_choices, launch_rank, probe_step, replanned_steps, resolve_length,
+                                    resolve_runtime, runtime_choices, shutdown_distributed)
 from model.training.signals import StopSignals, resume_command
 from model.training.step import (Cadence, CheckpointPolicy, TrainingDiverged, TrainStep, build_training,
-                                 config_beta_at, lr_at)
+                                 schedule_tables, schedules_agree)
 from model.training.validate import ElboSums, validate
 from pipeline.errors import (ConfigError, Interrupted, cli_entry, disk_full_message, is_disk_full, same_command,
                              signal_name)
@@ -181,11 +182,12 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
     else:
         log.reset()
         torch.manual_seed(cfg["seed"] + rank)  # each rank its own eps stream
-    # The schedules' value at every step, handed to the device once: the step reads lr and β there.
-    lr_table = [lr_at(s, lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
-                      schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"],
-                      decay_ratio=cfg["lr_decay_ratio"]) for s in range(total_steps)]
-    beta_table = [config_beta_at(s, cfg, total_steps) for s in range(total_steps)]
+    # The schedules' value at every step, handed to the device once: the step reads lr and β there. A budgeted
+    # run checks its plan at the first log points past REPLAN_AT of it, against the pace its loop kept (the
+    # timed step cannot see the loader, the log points or a busy machine): the tables leave room for that.
+    checks = [round(f * total_steps) for f in REPLAN_AT] if budget is not None else []
+    table_len = int(REPLAN_MAX * total_steps) if budget is not None else total_steps
+    lr_table, beta_table = schedule_tables(cfg, total_steps, table_len)
     train_step = TrainStep(model, loss_fn, optimizer, scaler, device=rt.device, autocast=rt.autocast,
                            grad_clip=cfg["grad_clip"], params=training.params, lr_table=lr_table, beta_table=beta_table,
                            start_step=step, compile_mode=rt.step_compile_mode, distributed=rt.distributed)
@@ -235,12 +237,22 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
             console.print(f"[bold]auto:[/] {rt.note}")
     mfu = mfu_meter(raw.cfg, rt)  # images/s → MFU on CUDA; None elsewhere
 
+    def replan(at: int, loop_s: float, loop_steps: int) -> int:
+        """A check of the budget's plan (rank 0 decides, every rank follows): the new total steps."""
+        return from_rank0(lambda: replanned_steps(
+            budget, current=total_steps, step=at, loop_s=loop_s, loop_steps=loop_steps,
+            spent_s=time.perf_counter() - t_length,
+            keeps=lambda total: schedules_agree(cfg, total, total_steps, at)), rt.rank, rt.world_size)
+
     # ------------------------------------------------------------------ training loop
     train_images, train_seconds = 0, 0.0
+    t_loop, loop_start = time.perf_counter(), step
+    replans = []  # (step, steps before, steps after) of each check
     images_per_step = cfg["batch_size"] * world_size
     epoch = start_epoch - 1  # a resumed, already finished run goes straight to the test
     with stop:  # inside, SIGINT/SIGTERM stop the loop after the current step, with a checkpoint
-        for epoch in range(start_epoch, cfg["epochs"]):
+        while epoch + 1 < cfg["epochs"]:  # read at each epoch: a budget's re-plan moves the end
+            epoch += 1
             train_loader.set_epoch(epoch)
             batches = iter(train_loader)
             first = skip_batches if epoch == start_epoch else 0
@@ -250,7 +262,9 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
             t_epoch, epoch_images, t_log, images_since_log = time.perf_counter(), 0, time.perf_counter(), 0
             with sinks.showing(EpochProgress(console, epoch, cfg["epochs"], epoch_steps, completed=first,
                                              device=rt.device)) as progress:
-                for i, x in zip(range(first, epoch_steps), batches):  # range first: no batch read past the end
+                i = first - 1
+                while (i := i + 1) < epoch_steps:  # the end checked before reading: no batch read past it
+                    x = next(batches)
                     train_step(x)  # queued on the device: nothing here waits for it
                     step += 1
                     epoch_images += images_per_step
@@ -273,6 +287,22 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
                             record["mfu"] = mfu(ips)
                         sinks.write(record, gpu_util=progress.take_gpu_util())
                         t_log, images_since_log = now, 0
+                        if checks and step >= checks[0] and not last_batch:
+                            checks = [c for c in checks if c > step]
+                            pace, before = (now - t_loop, step - loop_start), total_steps
+                            total_steps = replan(step, *pace)
+                            replans.append([step, before, total_steps])
+                            if total_steps != before:
+                                cfg.update(steps=total_steps, epochs=-(-total_steps // steps_per_epoch))
+                                lr_table, beta_table = schedule_tables(cfg, total_steps, table_len)
+                                train_step.set_schedules(lr_table, beta_table)
+                                epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+                                policy.epochs = cfg["epochs"]
+                                progress.retarget(epoch, cfg["epochs"], epoch_steps)
+                                if rt.is_main:  # a resume continues the re-planned run
+                                    write_text(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
+                            if rt.is_main:
+                                console.print(f"[bold]length:[/] {budget.replan_note(step, *pace, before, total_steps)}")
                     progress.advance()
                     when = policy.after_step(step, logged=logging, last_batch=last_batch)
                     if when:
@@ -349,7 +379,8 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
             "wall_time_s": wall, "runtime": rt.describe(), "loss_impl": impl, "loader": train_loader.backend,
             "world_size": world_size, "evaluation": scalars_of(evaluation),
             # what the budget bought and what it took, from timing the step to the closing pass's end
-            "budget": {"train_seconds": budget.seconds, "steps": budget.steps, "spent_s": spent} if budget else None,
+            "budget": {"train_seconds": budget.seconds, "planned_steps": budget.steps, "steps": total_steps,
+                       "checks": replans, "spent_s": spent} if budget else None,
         }
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         console.print(epoch_table(None, cfg["epochs"], None, test.metrics, summary["images_per_s"], None, False,

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from model.training.config import load_config
-from model.training.runtime import (CLOSING_PASSES, LOOP_OVERHEAD, Runtime, StepTiming, budget_steps, resolve_length,
-                                    time_step)
+from model.training.runtime import (CLOSING_PASSES, LOOP_OVERHEAD, REPLAN_MAX, Runtime, StepTiming, budget_steps,
+                                    replanned_steps, resolve_length, time_step)
+from model.training.step import schedules_agree
 from pipeline.errors import ConfigError
 
 TIMING = StepTiming(step_s=0.1, warmup_s=2.0, forward_s=0.001)
@@ -34,6 +35,50 @@ def test_budget_divides_what_is_left_by_the_step_and_its_share_of_validation():
 def test_a_budget_smaller_than_its_overheads_still_trains_one_step():
     assert budget_steps(1, TIMING, steps_per_epoch=75, val_images=588, test_images=591,
                         extra_eval_images=100_000).steps == 1
+
+
+# ---------------------------------------------------------------- the re-plan: the loop's own pace
+PLAN = budget_steps(120, TIMING, steps_per_epoch=75, val_images=588, test_images=591, extra_eval_images=2560)
+
+
+def _replan(pace: float, keeps=lambda total: True, at: int | None = None) -> tuple[int, int, float]:
+    """(new steps, step, seconds spent) for a loop that ran ``pace`` s/step (validation included) until ``at``."""
+    at = PLAN.steps // 4 if at is None else at
+    spent = TIMING.warmup_s + at * pace  # the warm-up the plan counted, then the loop
+    return (replanned_steps(PLAN, current=PLAN.steps, step=at, loop_s=at * pace, loop_steps=at, spent_s=spent,
+                            keeps=keeps), at, spent)
+
+
+def test_a_slower_loop_than_timed_trains_fewer_steps_and_still_fits_the_budget():
+    planned_pace = TIMING.step_s * LOOP_OVERHEAD + PLAN.validation_s / 75
+    steps, at, spent = _replan(1.3 * planned_pace)
+    left = 120 - spent - PLAN.closing_s
+    assert steps == at + math.floor(left / (1.3 * planned_pace)) < PLAN.steps
+    assert spent + (steps - at) * 1.3 * planned_pace + PLAN.closing_s <= 120  # the budget holds at that pace
+    assert _replan(planned_pace)[0] == pytest.approx(PLAN.steps, abs=2)  # the plan's own pace: the plan
+
+
+def test_a_faster_loop_trains_more_steps_up_to_the_tables_room():
+    planned_pace = TIMING.step_s * LOOP_OVERHEAD + PLAN.validation_s / 75
+    assert PLAN.steps < _replan(0.8 * planned_pace)[0] < REPLAN_MAX * PLAN.steps
+    assert _replan(0.01 * planned_pace)[0] == math.floor(REPLAN_MAX * PLAN.steps)
+    assert _replan(1000.0)[0] == PLAN.steps // 4 + 1  # the budget already gone: one more step, never fewer
+
+
+def test_a_replan_never_changes_a_schedule_value_a_step_already_had():
+    wsd = load_config(["--lr_schedule", "wsd", "--lr_decay_ratio", "0.3", "--warmup_steps", "20"])
+    at = 600
+    keeps = lambda total: schedules_agree(wsd, total, PLAN.steps, at)  # noqa: E731
+    steps, _, _ = _replan(0.6, keeps, at=at)  # far too slow: a total whose decay would have begun before step 600
+    assert keeps(steps) and not keeps(steps - 1)  # the shortest run whose decay is still ahead
+    assert (steps - 20) * 0.7 >= at - 20 - 1  # wsd: the stable phase reaches past the check
+    cosine = load_config(["--lr_schedule", "cosine"])
+    keeps = lambda total: schedules_agree(cosine, total, PLAN.steps, at)  # noqa: E731
+    assert _replan(0.6, keeps, at=at)[0] == PLAN.steps and _replan(0.01, keeps, at=at)[0] == PLAN.steps
+    cyclical = load_config(["--lr_schedule", "constant", "--kl_schedule", "cyclical"])
+    assert not schedules_agree(cyclical, PLAN.steps - 100, PLAN.steps, at)  # its cycles follow the length
+    constant = load_config(["--lr_schedule", "constant", "--kl_schedule", "linear"])
+    assert schedules_agree(constant, at + 1, PLAN.steps, at) and not schedules_agree(constant, at, PLAN.steps, at)
 
 
 def _cfg(*args: str) -> dict:
@@ -155,3 +200,37 @@ def test_a_budgeted_run_says_its_length_and_records_it(shards_dir, tmp_path, cap
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == cfg["steps"] and summary["budget"]["steps"] == cfg["steps"]
     assert summary["budget"]["train_seconds"] == 30 and summary["budget"]["spent_s"] > 0
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_slower_than_timed_is_replanned_to_fit(shards_dir, tmp_path, capsys, monkeypatch):
+    """The loop runs slower than the timed step (each step sleeps): at the check the run is shortened, the
+    schedules end at the new length, and config.json and summary.json record it for a resume."""
+    import json
+    import time as clock
+
+    import train
+
+    class SlowStep(train.TrainStep):
+        def __call__(self, x):
+            clock.sleep(0.05)
+            return super().__call__(x)
+
+    monkeypatch.setattr(train, "TrainStep", SlowStep)
+    out = tmp_path / "run"
+    rc, text = _train(capsys, "--data", shards_dir, "--out", out, "--train_seconds", 20)
+    assert rc == 0, text
+    cfg = json.loads((out / "config.json").read_text())
+    budget = json.loads((out / "summary.json").read_text())["budget"]
+    assert budget["steps"] == cfg["steps"] < budget["planned_steps"] and len(budget["checks"]) >= 1
+    first, *_ = budget["checks"]
+    assert first[1] == budget["planned_steps"] and budget["checks"][-1][2] == cfg["steps"]
+    assert f"{first[1]:,} → {first[2]:,} steps" in " ".join(text.split())
+    assert cfg["epochs"] == math.ceil(cfg["steps"] / 12)
+    train_records = [r for r in _records(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert train_records[-1]["step"] == cfg["steps"]
+    from model.training.step import lr_at
+
+    shape = dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], schedule=cfg["lr_schedule"],
+                 min_lr_ratio=cfg["min_lr_ratio"], decay_ratio=cfg["lr_decay_ratio"])
+    assert train_records[-1]["lr"] == pytest.approx(lr_at(cfg["steps"] - 1, total_steps=cfg["steps"], **shape))

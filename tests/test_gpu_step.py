@@ -67,6 +67,21 @@ def _step(lr_table, beta_table, *, fused=False, start=0):
     return step, opt
 
 
+def test_a_replan_rewrites_the_tables_in_place():
+    """A budget's re-plan hands new schedules to a step already built (and perhaps captured): the same device
+    tensors, new values, read by the next steps; a table of another length is refused."""
+    step, opt = _step([0.1] * 4, [1.0] * 4, fused=True)
+    lr_ptr, beta_ptr = step.lr_table.data_ptr(), step.beta_table.data_ptr()
+    step(torch.rand(4, 3, 16, 16))
+    step.set_schedules([0.1, 0.05, 0.025, 0.025], [1.0, 0.5, 0.5, 0.5])
+    assert step.lr_table.data_ptr() == lr_ptr and step.beta_table.data_ptr() == beta_ptr
+    step(torch.rand(4, 3, 16, 16))
+    assert float(opt.param_groups[0]["lr"]) == pytest.approx(0.05) and step.lr_at(1) == 0.05
+    assert float(step.beta_t) == 0.5  # the β handed to the step after
+    with pytest.raises(ValueError, match="schedule tables of 3/3 steps for a step built with 4"):
+        step.set_schedules([0.1] * 3, [1.0] * 3)
+
+
 def test_lr_and_beta_come_from_device_tables_at_the_device_step():
     """With the fused AdamW (the CUDA optimizer; it runs on CPU too) lr is a device tensor the update writes:
     each step runs with its table entry, and β for the next forward is the next entry."""

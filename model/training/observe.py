@@ -172,6 +172,10 @@ class EpochProgress:
     def advance(self) -> None:
         self.progress.advance(self.task)
 
+    def retarget(self, epoch: int, epochs: int, steps: int) -> None:
+        """A new length for this epoch and the run (a budget's re-plan)."""
+        self.progress.update(self.task, total=steps, ep=f"{epoch + 1}/{epochs}")
+
     def update(self, *, loss: float, rec: float, kl: float, ips: float, mfu: float | None = None) -> None:
         stats = f"loss {loss:,.1f}  SSE {rec:,.1f}  KL {kl:,.1f}  {ips:,.0f} img/s"
         if mfu is not None:

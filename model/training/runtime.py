@@ -676,6 +676,7 @@ class Budget:
     timing: StepTiming
     validation_s: float  # per epoch
     closing_s: float
+    steps_per_epoch: int = 0
 
     def describe(self, steps_per_epoch: int) -> str:
         t = self.timing
@@ -683,6 +684,15 @@ class Budget:
         return (f"budget {self.seconds:g} s → {self.steps:,} steps ({epochs:.2f} epochs of {steps_per_epoch}): "
                 f"{t.step_s * 1e3:.1f} ms/step, warm-up {t.warmup_s:.1f} s, validation {self.validation_s:.1f} s "
                 f"per epoch, closing evaluation ≈ {self.closing_s:.0f} s (measured before training)")
+
+
+    def replan_note(self, step: int, loop_s: float, loop_steps: int, before: int, steps: int) -> str:
+        """The header line of a check at ``step`` (see :func:`replanned_steps`)."""
+        pace = loop_s / max(loop_steps, 1)
+        planned = self.timing.step_s * LOOP_OVERHEAD + self.validation_s / max(self.steps_per_epoch, 1)
+        verdict = f"{before:,} → {steps:,} steps" if steps != before else f"{steps:,} steps kept"
+        return (f"checked at step {step:,}: the loop ran {pace * 1e3:.1f} ms/step with validation against "
+                f"{planned * 1e3:.1f} planned → {verdict}")
 
 
 def budget_steps(seconds: float, timing: StepTiming, *, steps_per_epoch: int, val_images: int,
@@ -698,7 +708,43 @@ def budget_steps(seconds: float, timing: StepTiming, *, steps_per_epoch: int, va
     per_step = timing.step_s * LOOP_OVERHEAD + validation_s / steps_per_epoch
     left = seconds - timing.warmup_s - closing_s
     steps = max(1, math.floor(left / per_step)) if per_step > 0 else 1
-    return Budget(seconds, steps, timing, validation_s, closing_s)
+    return Budget(seconds, steps, timing, validation_s, closing_s, steps_per_epoch)
+
+
+#: Where a budgeted run checks its plan against its own pace: the first log point past each of these shares
+#: of the planned steps. The loop shows what the timed step cannot (the first epoch's decoding, cached epochs,
+#: log points, validations, whatever else the machine is doing), and a shared machine's speed drifts, so
+#: the plan is corrected more than once; the last check comes before wsd's decay (the last 30 %) begins.
+REPLAN_AT = (0.25, 0.5, 0.65)
+#: The most a re-plan may lengthen the run, as a multiple of the planned steps: the schedules' tables on the
+#: device are sized for it once, so that a re-plan rewrites them in place (graphs keep their addresses).
+REPLAN_MAX = 2.0
+
+
+def replanned_steps(budget: Budget, *, current: int, step: int, loop_s: float, loop_steps: int, spent_s: float,
+                    keeps: Callable[[int], bool]) -> int:
+    """The step count that fits what is left of ``budget`` at the pace the loop has kept (pure).
+
+    ``current``: the run's step count now (the budget's, or an earlier check's). ``loop_s`` seconds ran
+    ``loop_steps`` steps with their share of validations; ``spent_s`` of the budget are gone at ``step``. The
+    remaining seconds, less the closing evaluation, buy steps at the loop's pace. The count stays within
+    [step + 1, REPLAN_MAX × the budget's], and ``keeps(total)`` must hold: a total whose lr or β schedule would
+    have given an already-run step another value than ``current`` did is not taken (a cosine decay, a cyclical
+    β); then the nearest total towards ``current`` that keeps them is (wsd: one whose decay is still ahead)."""
+    if loop_steps <= 0 or loop_s <= 0:
+        return current
+    left = budget.seconds - spent_s - budget.closing_s
+    want = step + max(1, math.floor(left / (loop_s / loop_steps)))
+    want = min(max(want, step + 1), math.floor(REPLAN_MAX * budget.steps))
+    if keeps(want):
+        return want
+    if want > current:
+        return current  # a longer run would change the past: the plan stays
+    lo, hi = want, current  # keeps(hi): the plan keeps itself. The smallest total in between that keeps
+    while hi - lo > 1:  # (a schedule that keeps at T keeps at every longer T up to the plan: wsd's decay moves later)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if keeps(mid) else (mid, hi)
+    return hi
 
 
 def time_step(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps: int = 3) -> StepTiming:

@@ -255,6 +255,17 @@ class TrainStep:
         """The learning rate step ``step`` ran with (host side, for the logs)."""
         return self.lr_host[min(step, self._last)]
 
+    def set_schedules(self, lr_table: Sequence[float], beta_table: Sequence[float]) -> None:
+        """New schedule values (a budget's re-plan), written into the tables in place: the same length, the
+        same device tensors, so that compiled code and captured graphs read them without a recompile."""
+        if len(lr_table) != len(self.lr_host) or len(beta_table) != self.beta_table.numel():
+            raise ValueError(f"schedule tables of {len(lr_table)}/{len(beta_table)} steps for a step built "
+                             f"with {len(self.lr_host)}")
+        self.lr_host = [float(v) for v in lr_table]
+        if self.lr_table is not None:
+            self.lr_table.copy_(torch.tensor(self.lr_host, dtype=torch.float32), non_blocking=True)
+        self.beta_table.copy_(torch.tensor([float(v) for v in beta_table], dtype=torch.float32), non_blocking=True)
+
 
 
 #: The fewest steps between two log points of a time-based cadence (and before the first, whose step time then
@@ -454,6 +465,26 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule
         decay = min(1.0, max(0.0, (progress - (1 - decay_ratio)) / decay_ratio))
         return lr * (1 - (1 - min_lr_ratio) * decay)
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def schedule_tables(cfg: dict, total_steps: int, length: int | None = None) -> tuple[list[float], list[float]]:
+    """The lr and β of every step of a ``total_steps`` run, as the step reads them from the device; ``length``
+    (≥ total_steps) pads both with their last value, room for a budget's re-plan to lengthen the run."""
+    shape = dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
+                 schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"], decay_ratio=cfg["lr_decay_ratio"])
+    steps = [min(s, total_steps - 1) for s in range(max(length or total_steps, total_steps))]
+    return [lr_at(s, **shape) for s in steps], [config_beta_at(s, cfg, total_steps) for s in steps]
+
+
+def schedules_agree(cfg: dict, total_a: int, total_b: int, upto: int) -> bool:
+    """Whether runs of ``total_a`` and ``total_b`` steps give steps 0..``upto`` the same lr and β (a re-plan at
+    step ``upto`` must not change a value a step already ran with, or the β the next one has been handed)."""
+    if min(total_a, total_b) <= upto:
+        return False
+    shape = dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], schedule=cfg["lr_schedule"],
+                 min_lr_ratio=cfg["min_lr_ratio"], decay_ratio=cfg["lr_decay_ratio"])
+    return all(lr_at(s, total_steps=total_a, **shape) == lr_at(s, total_steps=total_b, **shape)
+               and config_beta_at(s, cfg, total_a) == config_beta_at(s, cfg, total_b) for s in range(upto + 1))
 
 
 def cycle_start(step: int, *, total_steps: int, cycles: int) -> int:
