@@ -655,13 +655,16 @@ class StepTiming:
     step_s: float  # seconds per training step at the run's batch size
     warmup_s: float  # what the first steps cost beyond step_s: allocations, oneDNN primitives, compile
     forward_s: float  # seconds per image of an evaluation forward pass (validation, the closing test)
+    metrics_s: float = 0.0  # seconds per image of the closing pass's image metrics (fp32 whatever the amp)
 
 
-#: Forward passes' worth of work per test image in the closing pass (model/evaluation/collect.py): an
-#: encoding, decodings through μ and a sampled z, and the image metrics in fp32 (SSIM's Gaussian windows,
-#: high-frequency energy, regions), which cost far more than the passes; calibrated on the default run
-#: (bench/RESULTS.md, "Quality per second").
-CLOSING_PASSES = 20
+#: Forward passes per test image in the closing pass (model/evaluation/collect.py and the test's ELBO beside
+#: it): an encoding, decodings through μ and a sampled z, the test ELBO's pass. Its image metrics (SSIM's
+#: Gaussian windows, high-frequency energy, regions) run in fp32 whatever the amp and are timed apart.
+CLOSING_PASSES = 4
+#: What the closing pass costs besides its passes and metrics: the test loader's start, the evaluation's two
+#: figures (bench/RESULTS.md, "Quality per second": calibrated on a bf16 and an fp32 run of a 2-core Zen 4).
+CLOSING_FIXED_S = 3.0
 #: The loop's step against the timed one: the loader's hand-over, the first epoch's decoding on the same
 #: cores, log points (calibrated the same way).
 LOOP_OVERHEAD = 1.1
@@ -701,10 +704,11 @@ def budget_steps(seconds: float, timing: StepTiming, *, steps_per_epoch: int, va
 
     A step costs the timed one times :data:`LOOP_OVERHEAD`; validation costs ``val_images`` forward passes per
     epoch, spread over the epoch's steps; the closing evaluation :data:`CLOSING_PASSES` passes over the test
-    split plus ``extra_eval_images`` (the IWAE bound's and the diversity ratio's decodes). At least one step,
-    however small the budget."""
+    split plus ``extra_eval_images`` (the IWAE bound's and the diversity ratio's decodes), the image metrics of
+    each test image and :data:`CLOSING_FIXED_S`. At least one step, however small the budget."""
     validation_s = val_images * timing.forward_s
-    closing_s = (CLOSING_PASSES * test_images + extra_eval_images) * timing.forward_s
+    closing_s = ((CLOSING_PASSES * test_images + extra_eval_images) * timing.forward_s
+                 + test_images * timing.metrics_s + CLOSING_FIXED_S)
     per_step = timing.step_s * LOOP_OVERHEAD + validation_s / steps_per_epoch
     left = seconds - timing.warmup_s - closing_s
     steps = max(1, math.floor(left / per_step)) if per_step > 0 else 1
@@ -754,6 +758,7 @@ def time_step(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps: int = 3) ->
     One process's step: under DDP the gradient all-reduce is not in it. On CUDA with compile the copy is
     compiled once here; Inductor's on-disk cache then serves the run's own compile of the same graphs."""
     from model.losses.objective import Objective
+    from model.metrics import face_ellipse_mask, high_frequency_energy, psnr, region_mse, ssim
     from model.training.step import TrainStep, build_model, make_optimizer
     from model.vae import VAEConfig
 
@@ -793,7 +798,16 @@ def time_step(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps: int = 3) ->
                 t0 = now()
                 raw(xe)
                 fwd.append(now() - t0)
-    return StepTiming(step_s, max(first - 2 * step_s, 0.0), min(fwd[1:]) / cfg["eval_batch_size"])
+        metrics = []
+        with torch.no_grad():
+            recon, mask = torch.rand_like(xe), face_ellipse_mask(side, side, device=rt.device)
+            for _ in range(2):
+                t0 = now()
+                ssim(recon, xe), psnr(recon, xe), region_mse(recon, xe, mask)
+                high_frequency_energy(xe), high_frequency_energy(recon)
+                metrics.append(now() - t0)
+    n = cfg["eval_batch_size"]
+    return StepTiming(step_s, max(first - 2 * step_s, 0.0), min(fwd[1:]) / n, min(metrics) / n)
 
 
 def resolve_length(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps_per_epoch: int, counts: dict[str, int],
@@ -826,8 +840,8 @@ def resolve_length(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps_per_epo
         if probe is not None and probe.compile_verdict(budget.steps)[0]:
             # decide_compile will turn compile on for this many steps: the budget pays the compile and
             # buys the compiled speed (the probe's figures for both)
-            compiled = StepTiming(timing.step_s / probe.compile_speedup, timing.warmup_s + probe.compile_cost_s,
-                                  timing.forward_s)
+            compiled = replace(timing, step_s=timing.step_s / probe.compile_speedup,
+                               warmup_s=timing.warmup_s + probe.compile_cost_s)
             budget = budget_steps(cfg["train_seconds"], compiled, **sizes)
         steps, note = budget.steps, budget.describe(steps_per_epoch)
     return {**cfg, "steps": steps, "epochs": math.ceil(steps / steps_per_epoch)}, budget, note
