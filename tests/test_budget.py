@@ -192,14 +192,14 @@ def test_a_budgeted_run_says_its_length_and_records_it(shards_dir, tmp_path, cap
     import json
 
     out = tmp_path / "run"
-    rc, text = _train(capsys, "--data", shards_dir, "--out", out, "--train_seconds", 30)
+    rc, text = _train(capsys, "--data", shards_dir, "--out", out, "--train_seconds", 12)
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert "length: budget 30 s" in " ".join(text.split()) and f"{cfg['steps']:,} steps" in " ".join(text.split())
-    assert cfg["train_seconds"] == 30 and cfg["steps"] >= 1 and cfg["epochs"] == math.ceil(cfg["steps"] / 12)
+    assert "length: budget 12 s" in " ".join(text.split()) and f"{cfg['steps']:,} steps" in " ".join(text.split())
+    assert cfg["train_seconds"] == 12 and cfg["steps"] >= 1 and cfg["epochs"] == math.ceil(cfg["steps"] / 12)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == cfg["steps"] and summary["budget"]["steps"] == cfg["steps"]
-    assert summary["budget"]["train_seconds"] == 30 and summary["budget"]["spent_s"] > 0
+    assert summary["budget"]["train_seconds"] == 12 and summary["budget"]["spent_s"] > 0
 
 
 @pytest.mark.slow
@@ -218,7 +218,7 @@ def test_a_budgeted_run_slower_than_timed_is_replanned_to_fit(shards_dir, tmp_pa
 
     monkeypatch.setattr(train, "TrainStep", SlowStep)
     out = tmp_path / "run"
-    rc, text = _train(capsys, "--data", shards_dir, "--out", out, "--train_seconds", 20)
+    rc, text = _train(capsys, "--data", shards_dir, "--out", out, "--train_seconds", 12)
     assert rc == 0, text
     cfg = json.loads((out / "config.json").read_text())
     budget = json.loads((out / "summary.json").read_text())["budget"]
