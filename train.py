@@ -302,7 +302,8 @@ def _run(cfg: dict, run: Run, resume: dict | None, closing: contextlib.ExitStack
                                 if rt.is_main:  # a resume continues the re-planned run
                                     write_text(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
                             if rt.is_main:
-                                console.print(f"[bold]length:[/] {budget.replan_note(step, *pace, before, total_steps)}")
+                                note = budget.replan_note(step, *pace, before, total_steps)
+                                console.print(f"[bold]length:[/] {note}")
                     progress.advance()
                     when = policy.after_step(step, logged=logging, last_batch=last_batch)
                     if when:

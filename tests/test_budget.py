@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from model.training.config import load_config
-from model.training.runtime import (CLOSING_FIXED_S, CLOSING_PASSES, LOOP_OVERHEAD, REPLAN_MAX, Runtime, StepTiming, budget_steps,
-                                    replanned_steps, resolve_length, time_step)
+from model.training.runtime import (CLOSING_FIXED_S, CLOSING_PASSES, LOOP_OVERHEAD, REPLAN_MAX, Runtime, StepTiming,
+                                    budget_steps, replanned_steps, resolve_length, time_step)
 from model.training.step import schedules_agree
 from pipeline.errors import ConfigError
 
@@ -29,7 +29,7 @@ def test_budget_divides_what_is_left_by_the_step_and_its_share_of_validation():
     # what the steps cost, with validation and the closing evaluation, fits the budget; one more step would not
     spent = lambda n: 2.0 + n * per_step + closing  # noqa: E731
     assert spent(b.steps) <= 120 < spent(b.steps + 1)
-    assert "budget 120 s" in b.describe(75) and f"{b.steps:,} steps" in b.describe(75)
+    assert "budget 120 s" in b.describe() and f"{b.steps:,} steps ({b.steps / 75:.2f} epochs of 75)" in b.describe()
 
 
 def test_a_budget_smaller_than_its_overheads_still_trains_one_step():

@@ -655,7 +655,7 @@ class StepTiming:
     step_s: float  # seconds per training step at the run's batch size
     warmup_s: float  # what the first steps cost beyond step_s: allocations, oneDNN primitives, compile
     forward_s: float  # seconds per image of an evaluation forward pass (validation, the closing test)
-    metrics_s: float = 0.0  # seconds per image of the closing pass's image metrics (fp32 whatever the amp)
+    metrics_s: float  # seconds per image of the closing pass's image metrics (fp32 whatever the amp)
 
 
 #: Forward passes per test image in the closing pass (model/evaluation/collect.py and the test's ELBO beside
@@ -679,20 +679,19 @@ class Budget:
     timing: StepTiming
     validation_s: float  # per epoch
     closing_s: float
-    steps_per_epoch: int = 0
+    steps_per_epoch: int
 
-    def describe(self, steps_per_epoch: int) -> str:
+    def describe(self) -> str:
         t = self.timing
-        epochs = self.steps / steps_per_epoch
-        return (f"budget {self.seconds:g} s → {self.steps:,} steps ({epochs:.2f} epochs of {steps_per_epoch}): "
+        epochs = self.steps / self.steps_per_epoch
+        return (f"budget {self.seconds:g} s → {self.steps:,} steps ({epochs:.2f} epochs of {self.steps_per_epoch}): "
                 f"{t.step_s * 1e3:.1f} ms/step, warm-up {t.warmup_s:.1f} s, validation {self.validation_s:.1f} s "
                 f"per epoch, closing evaluation ≈ {self.closing_s:.0f} s (measured before training)")
-
 
     def replan_note(self, step: int, loop_s: float, loop_steps: int, before: int, steps: int) -> str:
         """The header line of a check at ``step`` (see :func:`replanned_steps`)."""
         pace = loop_s / max(loop_steps, 1)
-        planned = self.timing.step_s * LOOP_OVERHEAD + self.validation_s / max(self.steps_per_epoch, 1)
+        planned = self.timing.step_s * LOOP_OVERHEAD + self.validation_s / self.steps_per_epoch
         verdict = f"{before:,} → {steps:,} steps" if steps != before else f"{steps:,} steps kept"
         return (f"checked at step {step:,}: the loop ran {pace * 1e3:.1f} ms/step with validation against "
                 f"{planned * 1e3:.1f} planned → {verdict}")
@@ -843,5 +842,5 @@ def resolve_length(cfg: dict[str, Any], rt: Runtime, impl: str, *, steps_per_epo
             compiled = replace(timing, step_s=timing.step_s / probe.compile_speedup,
                                warmup_s=timing.warmup_s + probe.compile_cost_s)
             budget = budget_steps(cfg["train_seconds"], compiled, **sizes)
-        steps, note = budget.steps, budget.describe(steps_per_epoch)
+        steps, note = budget.steps, budget.describe()
     return {**cfg, "steps": steps, "epochs": math.ceil(steps / steps_per_epoch)}, budget, note
