@@ -468,11 +468,12 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule
 
 
 def schedule_tables(cfg: dict, total_steps: int, length: int | None = None) -> tuple[list[float], list[float]]:
-    """The lr and β of every step of a ``total_steps`` run, as the step reads them from the device; ``length``
-    (≥ total_steps) pads both with their last value, room for a budget's re-plan to lengthen the run."""
+    """The lr and β of the first ``length`` steps (default ``total_steps``) of a ``total_steps`` run, as the step
+    reads them from the device; past ``total_steps`` both hold their last value, room for a budget's re-plan to
+    lengthen the run."""
     shape = dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
                  schedule=cfg["lr_schedule"], min_lr_ratio=cfg["min_lr_ratio"], decay_ratio=cfg["lr_decay_ratio"])
-    steps = [min(s, total_steps - 1) for s in range(max(length or total_steps, total_steps))]
+    steps = [min(s, total_steps - 1) for s in range(total_steps if length is None else length)]
     return [lr_at(s, **shape) for s in steps], [config_beta_at(s, cfg, total_steps) for s in steps]
 
 
@@ -481,10 +482,7 @@ def schedules_agree(cfg: dict, total_a: int, total_b: int, upto: int) -> bool:
     step ``upto`` must not change a value a step already ran with, or the β the next one has been handed)."""
     if min(total_a, total_b) <= upto:
         return False
-    shape = dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], schedule=cfg["lr_schedule"],
-                 min_lr_ratio=cfg["min_lr_ratio"], decay_ratio=cfg["lr_decay_ratio"])
-    return all(lr_at(s, total_steps=total_a, **shape) == lr_at(s, total_steps=total_b, **shape)
-               and config_beta_at(s, cfg, total_a) == config_beta_at(s, cfg, total_b) for s in range(upto + 1))
+    return schedule_tables(cfg, total_a, upto + 1) == schedule_tables(cfg, total_b, upto + 1)
 
 
 def cycle_start(step: int, *, total_steps: int, cycles: int) -> int:
